@@ -6,9 +6,13 @@ resolved config is saved beside every checkpoint.
 
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+
+from vaekit.errors import ConfigError
 
 
 class Section(BaseModel):
@@ -28,3 +32,171 @@ class DataConfig(Section):
     test_binarize_seed: int = 1  # the one fixed binarisation of the test split used for evaluation
     max_train: int | None = None  # keep only the first N training images (quick runs)
     max_test: int | None = None  # keep only the first N test images
+
+
+class ModelConfig(Section):
+    """Base of every registered model's config; `name` picks the model in the registry."""
+
+    name: str
+
+
+class TrainConfig(Section):
+    """The optimisation: one loop for every model."""
+
+    steps: int = Field(3000, ge=1)  # optimiser steps (of every parameter group) in total
+    batch_size: int = Field(128, ge=1)  # global batch, split evenly across processes
+    optimizer: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0)  # peak learning rate of every group unless overridden
+    group_lr: dict[str, float] = {}  # per parameter-group learning rates (e.g. discriminator)
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (Adam: L2)
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"  # decay after warm-up
+    lr_warmup_steps: int = 0  # linear learning-rate warm-up
+    grad_clip: float | None = None  # max global gradient norm per group; None = off
+    ema_decay: float | None = None  # keep an EMA of weights (used for eval/sampling); None = off
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; math stays fp32
+    device: str = "auto"  # auto = cuda if available else cpu; or cpu, cuda, cuda:1
+    seed: int = 0  # initialisation, data order and every per-step draw
+    log_every: int = Field(50, ge=1)  # metrics.jsonl / TensorBoard / NaN check period
+    eval_every: int = Field(1000, ge=1)  # test-split evaluation and image grids period
+    checkpoint_every: int = Field(1000, ge=1)  # checkpoint period (also at the end)
+    keep_checkpoints: int = Field(2, ge=1)  # most recent checkpoints kept on disk
+    num_threads: int | None = None  # torch intra-op threads; None = torch's default
+
+
+class EvalConfig(Section):
+    """How the test split is scored."""
+
+    num_importance_samples: int = Field(1000, ge=1)  # K of the importance-sampled log p(x)
+    num_images: int | None = 1000  # first N test images scored; None = all
+    samples_per_chunk: int = Field(100, ge=1)  # importance samples decoded at once (memory)
+    images_per_chunk: int = Field(100, ge=1)  # test images per chunk
+    active_unit_threshold: float = 0.01  # Burda et al. 2016: Cov_x(E_q[z_j]) > threshold
+    seed: int = 1234  # importance-sampling draws
+    num_grid_images: int = Field(64, ge=1)  # samples / reconstructions per PNG grid
+
+
+class RunConfig(Section):
+    """A whole run: data, model, training and evaluation."""
+
+    name: str = "run"  # run directory runs/<name>
+    out_dir: str = "runs"  # parent folder of run directories
+    parent: str | None = None  # run directory whose frozen model this run builds on
+    data: DataConfig = DataConfig()
+    model: SerializeAsAny[ModelConfig]
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _dispatch_model(cls, value: Any) -> ModelConfig:
+        """Validate `model` with the config class registered under its `name`."""
+        from vaekit.models.registry import lookup
+
+        if isinstance(value, ModelConfig):
+            return value
+        if not isinstance(value, dict) or "name" not in value:
+            raise ValueError("model must be a mapping with a `name` (see `vaekit models`)")
+        config_class, _ = lookup(value["name"])
+        return config_class.model_validate(value)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """RunConfig from a YAML file or preset name (default: the digits VAE) plus `key=value` overrides."""
+    raw = _read_yaml(path if path is not None else DEFAULT_PRESET)
+    for override in overrides:
+        _apply_override(raw, override)
+    return validate_config(raw, source=str(path or DEFAULT_PRESET))
+
+
+def validate_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
+    """RunConfig from a plain mapping; every error names the key, the valid keys and the source."""
+    import vaekit.models  # noqa: F401  (registers the model families)
+
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_explain(error, raw, source)) from None
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def config_to_dict(config: RunConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+def dump_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+PRESET_DIR = Path(__file__).parent / "presets"
+DEFAULT_PRESET = "digits-vae"
+
+
+def _read_yaml(path_or_preset: str | Path) -> dict[str, Any]:
+    path = Path(path_or_preset)
+    if not path.exists() and (PRESET_DIR / f"{path_or_preset}.yaml").exists():
+        path = PRESET_DIR / f"{path_or_preset}.yaml"
+    if not path.exists():
+        raise ConfigError(
+            f"config {str(path_or_preset)!r} is neither a file nor a preset; presets: {', '.join(preset_names())}"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def _apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply `a.b.c=value` (value parsed as YAML) to the nested mapping `raw`."""
+    key, sep, text = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} is not of the form key=value (e.g. train.steps=500)")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _explain(error: ValidationError, raw: dict[str, Any], source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for item in error.errors():
+        location = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
+        if item["type"] == "extra_forbidden":
+            section = location.rpartition(".")[0]
+            lines.append(f"  unknown key {location!r}; valid keys of {section or 'the top level'}: "
+                         f"{', '.join(_valid_keys(section, raw))}")
+        else:
+            lines.append(f"  {location}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def _valid_keys(section: str, raw: dict[str, Any]) -> list[str]:
+    model_class: type[BaseModel] = RunConfig
+    for part in [p for p in section.split(".") if p]:
+        if part == "model" and model_class is RunConfig:
+            from vaekit.models.registry import lookup
+
+            name = raw.get("model", {}).get("name", "") if isinstance(raw.get("model"), dict) else ""
+            try:
+                model_class = lookup(name)[0]
+            except ConfigError:
+                model_class = ModelConfig
+            continue
+        annotation = model_class.model_fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model_class = annotation
+    return sorted(model_class.model_fields)

@@ -1,0 +1,98 @@
+"""Image likelihoods p(x|z): how a decoder's output tensor becomes a distribution over images.
+
+A decoder emits `num_params(channels)` maps per pixel; `ImageLikelihood.distribution` turns them
+into one of the distributions of `vaekit.distributions`. Shared by every image model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vaekit.distributions import (
+    Bernoulli,
+    DiagonalGaussian,
+    DiscretizedLogistic,
+    DiscretizedLogisticMixture,
+    sum_except_batch,
+)
+
+LikelihoodName = Literal["bernoulli", "gaussian", "logistic", "logistic_mixture"]
+ImageDistribution = Bernoulli | DiagonalGaussian | DiscretizedLogistic | DiscretizedLogisticMixture
+
+
+@dataclass(frozen=True)
+class ImageLikelihood:
+    """Settings of p(x|z) for images with values in [0, 1]."""
+
+    name: LikelihoodName
+    num_bins: int = 256  # logistic(s): number of intensity levels of the data
+    num_mixtures: int = 5  # logistic_mixture: components per pixel
+    gaussian_std: float | None = 0.1  # gaussian: fixed std; None = learned per pixel
+    gaussian_min_std: float = 0.02  # gaussian, learned std: lower bound (flat backgrounds diverge)
+
+    @property
+    def is_discrete(self) -> bool:
+        """True when log p(x|z) is a probability of discrete data, so bits/dim are exact."""
+        return self.name in ("bernoulli", "logistic", "logistic_mixture")
+
+    def num_params(self, channels: int) -> int:
+        """Decoder output maps per pixel for images with `channels` channels."""
+        if self.name == "bernoulli":
+            return channels
+        if self.name == "gaussian":
+            return channels if self.gaussian_std is not None else 2 * channels
+        if self.name == "logistic":
+            return 2 * channels
+        if self.name == "logistic_mixture":
+            return self.num_mixtures * (1 + 2 * channels)
+        raise NotImplementedError(self.name)
+
+    def distribution(self, params: Tensor, channels: int) -> ImageDistribution:
+        """params (B, num_params(C), H, W) -> p(x|z) over images (B, C, H, W). Computed in fp32."""
+        params = params.float()
+        if self.name == "bernoulli":
+            return Bernoulli(logits=params)
+        if self.name == "gaussian":
+            if self.gaussian_std is not None:
+                log_var = torch.full_like(params, 2.0 * math.log(self.gaussian_std))
+                return DiagonalGaussian(mean=params, log_var=log_var)
+            mean, raw = params.chunk(2, dim=1)
+            min_log_var = 2.0 * math.log(self.gaussian_min_std)
+            return DiagonalGaussian(mean=mean, log_var=min_log_var + F.softplus(raw))
+        if self.name == "logistic":
+            mean, log_scale = params.chunk(2, dim=1)
+            return DiscretizedLogistic(mean=mean, log_scale=log_scale.clamp(min=-7.0), num_bins=self.num_bins)
+        if self.name == "logistic_mixture":
+            batch, _, height, width = params.shape
+            m = self.num_mixtures
+            logit_weights = params[:, :m]  # (B, M, H, W)
+            rest = params[:, m:].reshape(batch, m, 2, channels, height, width)  # (B, M, 2, C, H, W)
+            return DiscretizedLogisticMixture(
+                logit_weights=logit_weights,
+                means=rest[:, :, 0],
+                log_scales=rest[:, :, 1].clamp(min=-7.0),
+                num_bins=self.num_bins,
+            )
+        raise NotImplementedError(self.name)
+
+    def log_likelihood(self, distribution: ImageDistribution, x: Tensor) -> Tensor:
+        """log p(x|z) summed over pixels and channels: (B, C, H, W) -> (B,).
+
+        Leading sample dimensions are allowed: (K, B, C, H, W) -> (K, B) when the distribution
+        was built from (K*B, ...) params and x is broadcast by the caller.
+        """
+        return sum_except_batch(distribution.log_prob(x))
+
+    def mean_image(self, distribution: ImageDistribution) -> Tensor:
+        """The image a user looks at: E[x|z] clamped to [0, 1], (B, C, H, W)."""
+        if isinstance(distribution, Bernoulli):
+            return distribution.mean
+        if isinstance(distribution, DiagonalGaussian):
+            return distribution.mean.clamp(0.0, 1.0)
+        return distribution.image_mean

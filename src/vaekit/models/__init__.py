@@ -1,0 +1,7 @@
+"""Model families; importing this package registers them all."""
+
+from vaekit.models import vae  # noqa: F401  (registers "vae")
+from vaekit.models.base import GenerativeModel, Losses
+from vaekit.models.registry import build_model, model_names, register_model
+
+__all__ = ["GenerativeModel", "Losses", "build_model", "model_names", "register_model"]

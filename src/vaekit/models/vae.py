@@ -1,0 +1,141 @@
+"""Variational auto-encoder (Kingma & Welling 2014; Rezende et al. 2014) with beta, warm-up,
+free bits (Kingma et al. 2016) and the IWAE bound (Burda et al. 2016).
+
+q(z|x) = N(mean(x), diag(exp(log_var(x)))), p(z) = N(0, I), p(x|z) one of vaekit.likelihoods.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import Tensor
+
+from vaekit.batch import Batch
+from vaekit.config import ModelConfig
+from vaekit.distributions import DiagonalGaussian, kl_divergence, sum_except_batch
+from vaekit.errors import ConfigError
+from vaekit.likelihoods import ImageDistribution, ImageLikelihood, LikelihoodName
+from vaekit.models.base import GenerativeModel, Losses
+from vaekit.models.registry import register_model
+from vaekit.nn.image_nets import Activation, ImageNetConfig, build_image_decoder, build_image_encoder
+from vaekit.objectives import free_bits_kl, iwae_bound, kl_weight
+
+
+class VAEConfig(ModelConfig):
+    """A Gaussian-latent VAE on images."""
+
+    name: Literal["vae"] = "vae"
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W); None = taken from the data
+    latent_dim: int = Field(16, ge=1)  # dimension of z
+    architecture: Literal["mlp", "conv"] = "mlp"  # encoder/decoder family
+    hidden_dims: tuple[int, ...] = (512, 256)  # mlp widths / conv: dense widths after the convs
+    conv_channels: tuple[int, ...] = (32, 64)  # conv: channels of the stride-2 layers
+    activation: Activation = "silu"
+    likelihood: LikelihoodName = "bernoulli"  # p(x|z)
+    num_bins: int = Field(256, ge=2)  # logistic likelihoods: intensity levels of the data
+    num_mixtures: int = Field(5, ge=1)  # logistic_mixture: components per pixel
+    gaussian_std: float | None = 0.1  # gaussian: fixed std; null = learned (bounded below)
+    gaussian_min_std: float = Field(0.02, gt=0)  # gaussian, learned: lower bound of the std
+    beta: float = Field(1.0, ge=0)  # beta-VAE weight of the KL (Higgins et al. 2017)
+    kl_warmup_steps: int = Field(0, ge=0)  # KL weight ramps 0 -> beta linearly over these steps
+    free_bits: float = Field(0.0, ge=0)  # nats per latent dimension (Kingma et al. 2016); 0 = off
+    iwae_samples: int = Field(1, ge=1)  # K > 1 trains the IWAE bound instead of the ELBO
+
+    def likelihood_spec(self) -> ImageLikelihood:
+        return ImageLikelihood(
+            name=self.likelihood,
+            num_bins=self.num_bins,
+            num_mixtures=self.num_mixtures,
+            gaussian_std=self.gaussian_std,
+            gaussian_min_std=self.gaussian_min_std,
+        )
+
+
+@register_model("vae", VAEConfig)
+class VAE(GenerativeModel):
+    """x (B, C, H, W) in [0, 1] -> q(z|x) over z (B, latent_dim) -> p(x|z)."""
+
+    config: VAEConfig
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__(config)
+        if config.image_shape is None:
+            raise ConfigError("model.image_shape is not set (vaekit.train fills it from the data)")
+        self.image_shape = config.image_shape
+        self.likelihood = config.likelihood_spec()
+        nets = ImageNetConfig(
+            architecture=config.architecture,
+            image_shape=config.image_shape,
+            hidden_dims=config.hidden_dims,
+            conv_channels=config.conv_channels,
+            activation=config.activation,
+        )
+        self.encoder = build_image_encoder(nets, out_features=2 * config.latent_dim)
+        self.decoder = build_image_decoder(
+            nets, in_features=config.latent_dim, out_channels=self.likelihood.num_params(config.image_shape[0])
+        )
+
+    def encode(self, x: Tensor) -> DiagonalGaussian:
+        """q(z|x): x (B, C, H, W) -> Gaussian with mean, log_var (B, latent_dim), in fp32."""
+        mean, log_var = self.encoder(x).float().chunk(2, dim=-1)
+        return DiagonalGaussian(mean=mean, log_var=log_var)
+
+    def decode(self, z: Tensor) -> ImageDistribution:
+        """p(x|z): z (N, latent_dim) -> a distribution over images (N, C, H, W)."""
+        return self.likelihood.distribution(self.decoder(z), channels=self.image_shape[0])
+
+    def prior(self, like: Tensor) -> DiagonalGaussian:
+        """p(z) = N(0, I) shaped like `like`."""
+        return DiagonalGaussian.standard_like(like)
+
+    def loss(self, batch: Batch, *, group: str = "model", step: int = 0) -> Losses:
+        """Negative (beta-)ELBO, or the negative IWAE bound when iwae_samples > 1, averaged over the batch."""
+        x = batch.x
+        posterior = self.encode(x)
+        if self.config.iwae_samples > 1:
+            noise = batch.randn(self.config.iwae_samples, x.shape[0], self.config.latent_dim, batch_dim=1)
+            log_w = self._log_weights_given(x, posterior, noise)  # (K, B)
+            bound = iwae_bound(log_w)
+            return Losses(total=-bound.mean(), terms={"iwae_bound": bound, "elbo": log_w.mean(0)})
+        z = posterior.rsample(batch.randn(x.shape[0], self.config.latent_dim))  # (B, D)
+        log_px_z = self.likelihood.log_likelihood(self.decode(z), x)  # (B,)
+        kl_per_dim = kl_divergence(posterior, self.prior(z))  # (B, D)
+        kl = kl_per_dim.sum(-1)  # (B,)
+        weight = kl_weight(step, beta=self.config.beta, warmup_steps=self.config.kl_warmup_steps)
+        kl_term = free_bits_kl(kl_per_dim, self.config.free_bits)
+        total = (-log_px_z + weight * kl_term).mean()
+        return Losses(total=total, terms={"reconstruction": -log_px_z, "kl": kl, "elbo": log_px_z - kl})
+
+    def log_weights(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x): x (B, ...) -> (K, B)."""
+        posterior = self.encode(x)
+        noise = torch.randn(
+            (num_samples, *posterior.mean.shape), generator=generator, device=generator.device if generator else x.device
+        ).to(x.device)
+        return self._log_weights_given(x, posterior, noise)
+
+    def _log_weights_given(self, x: Tensor, posterior: DiagonalGaussian, noise: Tensor) -> Tensor:
+        num_samples, batch = noise.shape[:2]
+        z = posterior.rsample(noise)  # (K, B, D)
+        likelihood = self.decode(z.reshape(num_samples * batch, -1))
+        x_repeated = x.unsqueeze(0).expand(num_samples, *x.shape).reshape(num_samples * batch, *x.shape[1:])
+        log_px_z = self.likelihood.log_likelihood(likelihood, x_repeated).view(num_samples, batch)
+        log_pz = sum_except_batch(self.prior(z).log_prob(z), num_batch_dims=2)  # (K, B)
+        log_qz_x = sum_except_batch(posterior.log_prob(z), num_batch_dims=2)  # (K, B)
+        return log_px_z + log_pz - log_qz_x
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Decoder mean at the posterior mean: (B, C, H, W) -> (B, C, H, W) in [0, 1]."""
+        return self.likelihood.mean_image(self.decode(self.encode(x).mean))
+
+    def decode_mean(self, z: Tensor) -> Tensor:
+        """Images E[x|z] for latents z (N, latent_dim): (N, C, H, W) in [0, 1]."""
+        return self.likelihood.mean_image(self.decode(z))
+
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """Decoder means of z ~ N(0, I): (N, C, H, W) in [0, 1]."""
+        device = generator.device if generator is not None else self.device
+        z = torch.randn(num_samples, self.config.latent_dim, generator=generator, device=device)
+        return self.decode_mean(z.to(self.device))
