@@ -17,6 +17,11 @@ from torch import Tensor
 LOG_2PI = math.log(2.0 * math.pi)
 
 
+def at_least_fp32(x: Tensor) -> Tensor:
+    """Upcast half-precision tensors (autocast outputs) to float32; float32/float64 stay as they are."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def sum_except_batch(x: Tensor, num_batch_dims: int = 1) -> Tensor:
     """Sum over every dimension after the first `num_batch_dims`: (B, ...) -> (B,)."""
     return x.flatten(start_dim=num_batch_dims).sum(-1)
@@ -47,7 +52,7 @@ class DiagonalGaussian:
 
     def log_prob(self, value: Tensor) -> Tensor:
         """Elementwise log N(value; mean, exp(log_var)), broadcast over leading sample dims."""
-        mean, log_var, value = self.mean.float(), self.log_var.float(), value.float()
+        mean, log_var, value = at_least_fp32(self.mean), at_least_fp32(self.log_var), at_least_fp32(value)
         return -0.5 * (LOG_2PI + log_var + (value - mean) ** 2 * torch.exp(-log_var))
 
 
@@ -56,8 +61,8 @@ def kl_divergence(q: DiagonalGaussian, p: DiagonalGaussian) -> Tensor:
 
     KL = 0.5 * (log_var_p - log_var_q + (var_q + (mean_q - mean_p)^2) / var_p - 1).
     """
-    log_var_q, log_var_p = q.log_var.float(), p.log_var.float()
-    mean_diff = q.mean.float() - p.mean.float()
+    log_var_q, log_var_p = at_least_fp32(q.log_var), at_least_fp32(p.log_var)
+    mean_diff = at_least_fp32(q.mean) - at_least_fp32(p.mean)
     return 0.5 * (
         log_var_p - log_var_q + (torch.exp(log_var_q) + mean_diff**2) * torch.exp(-log_var_p) - 1.0
     )
@@ -71,12 +76,12 @@ class Bernoulli:
 
     @property
     def mean(self) -> Tensor:
-        return torch.sigmoid(self.logits.float())
+        return torch.sigmoid(at_least_fp32(self.logits))
 
     def log_prob(self, value: Tensor) -> Tensor:
         """Elementwise x log p + (1 - x) log(1 - p), from logits (stable)."""
         return -F.binary_cross_entropy_with_logits(
-            self.logits.float(), value.float(), reduction="none"
+            at_least_fp32(self.logits), at_least_fp32(value), reduction="none"
         )
 
     def sample(self, generator: torch.Generator | None = None) -> Tensor:
@@ -99,13 +104,13 @@ class DiscretizedLogistic:
     def log_prob(self, value: Tensor) -> Tensor:
         """Elementwise log P(bin containing value), value in [0, 1]."""
         return _discretized_logistic_log_prob(
-            value.float() * 2.0 - 1.0, self.mean.float(), self.log_scale.float(), self.num_bins
+            at_least_fp32(value) * 2.0 - 1.0, at_least_fp32(self.mean), at_least_fp32(self.log_scale), self.num_bins
         )
 
     @property
     def image_mean(self) -> Tensor:
         """The location mapped back to [0, 1] (the logistic's mean, clamped to the data range)."""
-        return ((self.mean.float() + 1.0) / 2.0).clamp(0.0, 1.0)
+        return ((at_least_fp32(self.mean) + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
 def _discretized_logistic_log_prob(
@@ -147,16 +152,16 @@ class DiscretizedLogisticMixture:
         The channels of a pixel share one mixture component, so the log-probability is defined
         per pixel, not per channel.
         """
-        x = value.float().unsqueeze(1) * 2.0 - 1.0  # (B, 1, C, H, W)
+        x = at_least_fp32(value).unsqueeze(1) * 2.0 - 1.0  # (B, 1, C, H, W)
         per_channel = _discretized_logistic_log_prob(
-            x, self.means.float(), self.log_scales.float(), self.num_bins
+            x, at_least_fp32(self.means), at_least_fp32(self.log_scales), self.num_bins
         )  # (B, M, C, H, W)
-        log_weights = torch.log_softmax(self.logit_weights.float(), dim=1)  # (B, M, H, W)
+        log_weights = torch.log_softmax(at_least_fp32(self.logit_weights), dim=1)  # (B, M, H, W)
         return torch.logsumexp(log_weights + per_channel.sum(2), dim=1)  # (B, H, W)
 
     @property
     def image_mean(self) -> Tensor:
         """E[x] approximated by the weighted locations, mapped to [0, 1]: (B, C, H, W)."""
-        weights = torch.softmax(self.logit_weights.float(), dim=1).unsqueeze(2)  # (B, M, 1, H, W)
-        location = (weights * self.means.float()).sum(1)
+        weights = torch.softmax(at_least_fp32(self.logit_weights), dim=1).unsqueeze(2)  # (B, M, 1, H, W)
+        location = (weights * at_least_fp32(self.means)).sum(1)
         return ((location + 1.0) / 2.0).clamp(0.0, 1.0)

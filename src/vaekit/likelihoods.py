@@ -19,6 +19,7 @@ from vaekit.distributions import (
     DiagonalGaussian,
     DiscretizedLogistic,
     DiscretizedLogisticMixture,
+    at_least_fp32,
     sum_except_batch,
 )
 
@@ -55,7 +56,7 @@ class ImageLikelihood:
 
     def distribution(self, params: Tensor, channels: int) -> ImageDistribution:
         """params (B, num_params(C), H, W) -> p(x|z) over images (B, C, H, W). Computed in fp32."""
-        params = params.float()
+        params = at_least_fp32(params)
         if self.name == "bernoulli":
             return Bernoulli(logits=params)
         if self.name == "gaussian":

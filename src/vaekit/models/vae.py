@@ -14,7 +14,7 @@ from torch import Tensor
 
 from vaekit.batch import Batch
 from vaekit.config import ModelConfig
-from vaekit.distributions import DiagonalGaussian, kl_divergence, sum_except_batch
+from vaekit.distributions import DiagonalGaussian, at_least_fp32, kl_divergence, sum_except_batch
 from vaekit.errors import ConfigError
 from vaekit.likelihoods import ImageDistribution, ImageLikelihood, LikelihoodName
 from vaekit.models.base import GenerativeModel, Losses
@@ -79,7 +79,7 @@ class VAE(GenerativeModel):
 
     def encode(self, x: Tensor) -> DiagonalGaussian:
         """q(z|x): x (B, C, H, W) -> Gaussian with mean, log_var (B, latent_dim), in fp32."""
-        mean, log_var = self.encoder(x).float().chunk(2, dim=-1)
+        mean, log_var = at_least_fp32(self.encoder(x)).chunk(2, dim=-1)
         return DiagonalGaussian(mean=mean, log_var=log_var)
 
     def decode(self, z: Tensor) -> ImageDistribution:

@@ -1,0 +1,159 @@
+"""`vaekit train | eval | sample | reconstruct | traverse | interpolate | info | models | presets`:
+a thin skin over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from vaekit.errors import VaekitError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except VaekitError as error:
+        print(f"vaekit: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vaekit", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a model from a config (default: the digits VAE preset)")
+    train.add_argument("--config", help="YAML file or preset name (see `vaekit presets`)")
+    train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=500 model.latent_dim=4")
+    train.add_argument("--resume", action="store_true", help="continue the run directory from its newest checkpoint")
+    train.add_argument("--force", action="store_true", help="overwrite an existing run directory")
+    train.add_argument("--quiet", action="store_true", help="no progress bar or evaluation lines")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("eval", help="score a run on its test split (writes eval.json)")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--importance-samples", type=int, help="K for log p(x) (default: the run's eval config)")
+    evaluate.add_argument("--num-images", type=int, help="first N test images (default: the run's eval config)")
+    evaluate.add_argument("--out", help="JSON file (default: RUN_DIR/eval.json)")
+    evaluate.set_defaults(handler=_eval)
+
+    sample = commands.add_parser("sample", help="draw samples from a trained model into a PNG grid")
+    sample.add_argument("run_dir")
+    sample.add_argument("--num", type=int, default=64)
+    sample.add_argument("--out", default="samples.png")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.set_defaults(handler=_sample)
+
+    for name, help_text in [
+        ("reconstruct", "test images (top) and their reconstructions (bottom) as a PNG grid"),
+        ("traverse", "decode one latent dimension at a time swept over [-3, 3] (rows = dimensions)"),
+        ("interpolate", "slerp between the latents of pairs of test images (rows = pairs)"),
+    ]:
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("run_dir")
+        sub.add_argument("--num", type=int, default=16, help="test images used")
+        sub.add_argument("--out", default=f"{name}.png")
+        sub.set_defaults(handler=_pictures, picture=name)
+
+    info = commands.add_parser("info", help="what a run directory or checkpoint holds")
+    info.add_argument("path")
+    info.set_defaults(handler=_info)
+
+    commands.add_parser("models", help="the registered model families and their config keys").set_defaults(handler=_models)
+    commands.add_parser("presets", help="the config presets shipped with vaekit").set_defaults(handler=_presets)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from vaekit.api import train
+
+    run_dir = train(args.config, overrides=args.overrides, resume=args.resume, force=args.force, quiet=args.quiet)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from vaekit.api import load
+    from vaekit.data import load_image_data
+    from vaekit.evaluation import evaluate
+    from vaekit.io import atomic_write_json
+
+    model = load(args.run_dir)
+    config = model.run_config
+    updates: dict[str, Any] = {}
+    if args.importance_samples is not None:
+        updates["num_importance_samples"] = args.importance_samples
+    if args.num_images is not None:
+        updates["num_images"] = args.num_images
+    eval_config = config.eval.model_copy(update=updates)
+    results = evaluate(model, load_image_data(config.data), eval_config)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
+    atomic_write_json(out, results)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from vaekit.api import load
+    from vaekit.viz import save_image_grid
+
+    model = load(args.run_dir)
+    images = model.sample(args.num, generator=torch.Generator().manual_seed(args.seed))
+    print(save_image_grid(images, args.out))
+    return 0
+
+
+def _pictures(args: argparse.Namespace) -> int:
+    import torch
+
+    from vaekit.api import load
+    from vaekit.data import load_image_data
+    from vaekit.evaluation import interpolation_images, traversal_images
+    from vaekit.viz import save_image_grid
+
+    model = load(args.run_dir)
+    x = load_image_data(model.run_config.data).test[: args.num]
+    with torch.inference_mode():
+        if args.picture == "reconstruct":
+            print(save_image_grid(torch.cat([x, model.reconstruct(x)]), args.out))
+        elif args.picture == "traverse":
+            print(save_image_grid(traversal_images(model, x[:1]), args.out, nrow=11))
+        else:
+            print(save_image_grid(interpolation_images(model, x, pairs=max(1, args.num // 2)), args.out, nrow=10))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from vaekit.api import info
+
+    print(json.dumps(info(args.path), indent=2))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from vaekit.models.registry import lookup, model_names
+
+    for name in model_names():
+        config_class, model_class = lookup(name)
+        doc = (model_class.__doc__ or "").strip().splitlines()[0]
+        print(f"{name}: {doc}\n  keys: {', '.join(sorted(config_class.model_fields))}")
+    return 0
+
+
+def _presets(args: argparse.Namespace) -> int:
+    from vaekit.config import PRESET_DIR, preset_names
+
+    for name in preset_names():
+        first = (PRESET_DIR / f"{name}.yaml").read_text().splitlines()[0].lstrip("# ")
+        print(f"{name}: {first}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Run directories: runs/<name>/{config.yaml, versions.json, metrics.jsonl, events, samples/, checkpoints/}."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vaekit.config import RunConfig, dump_yaml, validate_config
+from vaekit.engine.checkpoint import list_checkpoints
+from vaekit.errors import ConfigError, RunDirError
+from vaekit.io import atomic_write_json, atomic_write_text
+
+CONFIG_FILE = "config.yaml"
+VERSIONS_FILE = "versions.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+def run_dir_of(config: RunConfig) -> Path:
+    return Path(config.out_dir) / config.name
+
+
+def prepare_run_dir(config: RunConfig, *, resume: bool, force: bool) -> Path:
+    """Create (or reuse with `resume`) the run directory; never overwrite one without `force`."""
+    path = run_dir_of(config)
+    if path.exists() and any(path.iterdir()):
+        if resume and force:
+            raise RunDirError("pass either --resume or --force, not both")
+        if force:
+            shutil.rmtree(path)
+        elif not resume:
+            newest = list_checkpoints(path / "checkpoints")
+            what = f"checkpoints up to {newest[-1].name}" if newest else "files"
+            raise RunDirError(
+                f"run directory {path} already exists ({what}); pass --resume to continue it "
+                f"or --force to overwrite it, or choose another name=..."
+            )
+    elif resume:
+        raise RunDirError(f"cannot resume: run directory {path} does not exist")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_run_files(path: Path, config: RunConfig, versions: dict[str, Any]) -> None:
+    atomic_write_text(path / CONFIG_FILE, dump_yaml(config))
+    atomic_write_json(path / VERSIONS_FILE, versions)
+
+
+def read_run_config(path: Path) -> RunConfig:
+    """The resolved config saved in a run directory."""
+    file = Path(path) / CONFIG_FILE
+    if not file.is_file():
+        raise RunDirError(f"{path} is not a run directory (no {CONFIG_FILE})")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as error:
+        raise RunDirError(f"{file}: not valid YAML ({error})") from None
+    try:
+        return validate_config(raw, source=str(file))
+    except ConfigError as error:
+        raise RunDirError(str(error)) from None
+
+
+def collect_versions(seed: int) -> dict[str, Any]:
+    """Versions of everything that shapes a run's numbers."""
+    import numpy
+    import torch
+
+    import vaekit
+
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "vaekit": vaekit.__version__,
+        "git": _git_hash(),
+        "seed": seed,
+    }
+
+
+def _git_hash() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class MetricsLog:
+    """Append-only metrics.jsonl; on resume, lines after the resumed step are dropped."""
+
+    def __init__(self, path: Path, *, resume_step: int | None = None) -> None:
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    file = Path(path) / METRICS_FILE
+    if not file.exists():
+        return []
+    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, ValueError):
+        return 1 << 62

@@ -1,0 +1,378 @@
+"""The training loop every model runs through: optimisers per parameter group, LR schedule, gradient
+clipping, EMA, mixed precision, DDP, periodic evaluation, image grids, metrics and checkpoints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+from tqdm.auto import tqdm
+
+from vaekit.batch import Batch, step_generator
+from vaekit.config import RunConfig, TrainConfig, config_to_dict
+from vaekit.data import ImageData, check_support, load_image_data
+from vaekit.engine.checkpoint import (
+    list_checkpoints,
+    load_model_weights,
+    load_optimizers,
+    load_tensor_file,
+    read_state,
+    save_checkpoint,
+)
+from vaekit.engine.distributed import DistContext, init_distributed
+from vaekit.engine.rundir import (
+    METRICS_FILE,
+    MetricsLog,
+    collect_versions,
+    prepare_run_dir,
+    write_run_files,
+)
+from vaekit.errors import CheckpointError, ConfigError, TrainingDivergedError
+from vaekit.evaluation import evaluate, write_image_grids
+from vaekit.models import GenerativeModel, build_model
+
+
+def train(
+    config: RunConfig, *, resume: bool = False, force: bool = False, quiet: bool = False
+) -> Path:
+    """Train `config` to `config.train.steps` and return its run directory.
+
+    Under torchrun (WORLD_SIZE > 1) every process calls this; rank 0 writes.
+    """
+    ctx = init_distributed(config.train.device)
+    if config.train.num_threads is not None:
+        torch.set_num_threads(config.train.num_threads)
+    data = load_image_data(config.data)
+    config = resolve_config(config, data)
+    _check_data(config, data)
+    trainer = Trainer(config, data, ctx, quiet=quiet)
+    run_dir = trainer.open_run_dir(resume=resume, force=force)
+    trainer.run()
+    return run_dir
+
+
+def resolve_config(config: RunConfig, data: ImageData) -> RunConfig:
+    """Fill what the data decides (the model's image shape) and check what must agree with it."""
+    model = config.model
+    if "image_shape" in type(model).model_fields:
+        shape = getattr(model, "image_shape")
+        if shape is None:
+            model = model.model_copy(update={"image_shape": data.image_shape})
+        elif tuple(shape) != data.image_shape:
+            raise ConfigError(
+                f"model.image_shape is {tuple(shape)} but the {data.name} data ({data.source}) has images of "
+                f"shape {data.image_shape} (C, H, W); remove model.image_shape or choose matching data"
+            )
+    if config.train.batch_size > data.train.shape[0]:
+        raise ConfigError(
+            f"train.batch_size={config.train.batch_size} exceeds the {data.train.shape[0]} training images"
+        )
+    return config.model_copy(update={"model": model})
+
+
+def _check_data(config: RunConfig, data: ImageData) -> None:
+    """Training and test pixels must lie in the likelihood's support (fail before any step)."""
+    likelihood = getattr(config.model, "likelihood", None)
+    if likelihood is None:
+        return
+    num_bins = getattr(config.model, "num_bins", 256)
+    check_support(data.test, likelihood=likelihood, num_bins=num_bins, source=f"{data.source} (test split)")
+    train_likelihood = "gaussian" if config.data.binarize == "dynamic" else likelihood
+    check_support(data.train, likelihood=train_likelihood, num_bins=num_bins, source=f"{data.source} (train split)")
+
+
+@dataclass
+class DataOrder:
+    """Which training rows each step uses: DistributedSampler's seeded per-epoch permutation.
+
+    Process `rank` of `world_size` holds rows rank::world_size of the global batch, so the union of
+    the processes' batches equals the single-process batch of the same global size.
+    """
+
+    num_examples: int
+    global_batch: int
+    rank: int
+    world_size: int
+    seed: int
+
+    def __post_init__(self) -> None:
+        if self.global_batch % self.world_size:
+            raise ConfigError(
+                f"train.batch_size={self.global_batch} must be divisible by the {self.world_size} processes"
+            )
+        self.local_batch = self.global_batch // self.world_size
+        self.steps_per_epoch = self.num_examples // self.global_batch
+        self._sampler = DistributedSampler(
+            range(self.num_examples), num_replicas=self.world_size, rank=self.rank,
+            shuffle=True, seed=self.seed, drop_last=True,
+        )
+        self._epoch = -1
+        self._indices: Tensor | None = None
+
+    def indices(self, step: int) -> Tensor:
+        epoch, position = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._sampler.set_epoch(epoch)
+            self._indices = torch.tensor(list(iter(self._sampler)), dtype=torch.long)
+            self._epoch = epoch
+        assert self._indices is not None
+        return self._indices[position * self.local_batch : (position + 1) * self.local_batch]
+
+
+def lr_factor(step: int, train: TrainConfig) -> float:
+    """Learning-rate multiplier: linear warm-up, then constant, cosine or linear decay to 0."""
+    if step < train.lr_warmup_steps:
+        return (step + 1) / train.lr_warmup_steps
+    if train.lr_schedule == "constant":
+        return 1.0
+    progress = (step - train.lr_warmup_steps) / max(1, train.steps - train.lr_warmup_steps)
+    if train.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if train.lr_schedule == "linear":
+        return 1.0 - progress
+    raise NotImplementedError(train.lr_schedule)
+
+
+def make_optimizers(model: GenerativeModel, train: TrainConfig) -> dict[str, torch.optim.Optimizer]:
+    """One Adam/AdamW per parameter group, in the model's update order."""
+    groups = model.parameter_groups()
+    unknown = set(train.group_lr) - set(groups)
+    if unknown:
+        raise ConfigError(f"train.group_lr names unknown groups {sorted(unknown)}; groups: {sorted(groups)}")
+    optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[train.optimizer]
+    return {
+        name: optimizer_class(params, lr=train.group_lr.get(name, train.lr), betas=train.betas,
+                              weight_decay=train.weight_decay)
+        for name, params in groups.items()
+    }
+
+
+class WeightEMA:
+    """Exponential moving average of a model's floating-point state (weights and buffers)."""
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        current = model.state_dict()
+        names = list(self.shadow)
+        torch._foreach_lerp_([self.shadow[k] for k in names], [current[k] for k in names], 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        """Temporarily load the averaged weights into `model`."""
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items() if k in self.shadow}
+        model.load_state_dict(self.shadow, strict=False)
+        try:
+            yield
+        finally:
+            model.load_state_dict(saved, strict=False)
+
+
+class Trainer:
+    """Runs one RunConfig; holds the model, optimisers and the run directory."""
+
+    def __init__(self, config: RunConfig, data: ImageData, ctx: DistContext, *, quiet: bool) -> None:
+        self.config, self.data, self.ctx, self.quiet = config, data, ctx, quiet
+        self.train_cfg = config.train
+        torch.manual_seed(self.train_cfg.seed)
+        self.model = build_model(config.model).to(ctx.device)
+        self.optimizers = make_optimizers(self.model, self.train_cfg)
+        self.ema = WeightEMA(self.model, self.train_cfg.ema_decay) if self.train_cfg.ema_decay else None
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.train_cfg.precision == "fp16")
+        self.step = 0
+        self.run_dir: Path | None = None
+        self.train_x = data.train.to(ctx.device)
+        self.order = DataOrder(
+            num_examples=self.train_x.shape[0], global_batch=self.train_cfg.batch_size,
+            rank=ctx.rank, world_size=ctx.world_size, seed=self.train_cfg.seed,
+        )
+
+    def open_run_dir(self, *, resume: bool, force: bool) -> Path:
+        from vaekit.engine.rundir import run_dir_of
+
+        path = run_dir_of(self.config)
+        if self.ctx.is_main:
+            prepare_run_dir(self.config, resume=resume, force=force)
+            write_run_files(path, self.config, collect_versions(self.train_cfg.seed))
+        self.ctx.barrier()
+        self.run_dir = path
+        if resume:
+            checkpoints = list_checkpoints(path / "checkpoints")
+            if checkpoints:
+                self.restore(checkpoints[-1])
+        if self.ctx.is_main:
+            self.metrics = MetricsLog(path / METRICS_FILE, resume_step=self.step if resume else None)
+        return path
+
+    def restore(self, checkpoint: Path) -> None:
+        """Load model, optimisers, EMA, grad scaler and step; the data order and draws follow from step."""
+        state = read_state(checkpoint)
+        if state["model_name"] != self.config.model.name:
+            raise CheckpointError(f"{checkpoint}: holds model {state['model_name']!r}, not {self.config.model.name!r}")
+        saved_model_cfg = state["config"].get("model")
+        current = config_to_dict(self.config)["model"]
+        if saved_model_cfg != current:
+            keys = sorted(k for k in set(saved_model_cfg) | set(current) if saved_model_cfg.get(k) != current.get(k))
+            raise CheckpointError(f"{checkpoint}: model config differs from this run's in {keys}")
+        load_model_weights(self.model, load_tensor_file(checkpoint, "model.safetensors", state), checkpoint)
+        load_optimizers(checkpoint, state, self.optimizers)
+        if self.ema is not None:
+            self.ema.shadow = {k: v.to(self.ctx.device) for k, v in load_tensor_file(checkpoint, "ema.safetensors", state).items()}
+        if state["extra"].get("grad_scaler"):
+            self.scaler.load_state_dict(state["extra"]["grad_scaler"])
+        self.step = int(state["step"])
+
+    def run(self) -> None:
+        cfg = self.train_cfg
+        model: nn.Module = self.model
+        if self.ctx.distributed:
+            model = DistributedDataParallel(
+                self.model, find_unused_parameters=len(self.optimizers) > 1,
+            )
+        progress = tqdm(total=cfg.steps, initial=self.step, disable=self.quiet or not self.ctx.is_main,
+                        desc=self.config.name, dynamic_ncols=True)
+        sums: dict[str, Tensor] = {}
+        window = 0
+        nonfinite = torch.zeros((), dtype=torch.bool, device=self.ctx.device)
+        autocast = _autocast(self.ctx.device, cfg.precision)
+        while self.step < cfg.steps:
+            step = self.step
+            self.model.train()
+            batch = self._batch(step)
+            torch.manual_seed(cfg.seed + 7919 * step + self.ctx.rank)
+            for group, optimizer in self.optimizers.items():
+                for param_group in optimizer.param_groups:
+                    param_group["lr"] = cfg.group_lr.get(group, cfg.lr) * lr_factor(step, cfg)
+                for other in self.optimizers.values():
+                    other.zero_grad(set_to_none=True)
+                with autocast:
+                    losses = model(batch, group=group, step=step)
+                nonfinite |= ~torch.isfinite(losses.total.detach())
+                self.scaler.scale(losses.total).backward()
+                if cfg.grad_clip is not None:
+                    self.scaler.unscale_(optimizer)
+                    params = [p for g in optimizer.param_groups for p in g["params"]]
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                self.scaler.step(optimizer)
+                self.scaler.update()
+                prefix = "" if len(self.optimizers) == 1 else f"{group}/"
+                for name, value in losses.terms.items():
+                    sums[prefix + name] = sums.get(prefix + name, 0) + value.detach().float().mean()
+                sums[prefix + "loss"] = sums.get(prefix + "loss", 0) + losses.total.detach().float()
+            if self.ema is not None:
+                self.ema.update(self.model)
+            self.step = step + 1
+            window += 1
+            progress.update(1)
+            last = self.step == cfg.steps
+            if self.step % cfg.log_every == 0 or last:
+                self._check_finite(nonfinite, step)
+                means = self._reduce({k: v / window for k, v in sums.items()})
+                progress.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
+                self._log("train", means | {"lr": cfg.lr * lr_factor(step, cfg)})
+                sums, window = {}, 0
+            if self.step % cfg.eval_every == 0 or last:
+                self._check_finite(nonfinite, step)
+                self._evaluate()
+            if self.step % cfg.checkpoint_every == 0 or last:
+                self._check_finite(nonfinite, step)
+                self._save()
+        progress.close()
+        self.ctx.barrier()
+
+    def _batch(self, step: int) -> Batch:
+        """This process's rows of the global batch of `step`, binarised afresh if the data asks."""
+        x = self.train_x[self.order.indices(step).to(self.ctx.device)]
+        generator = step_generator(self.train_cfg.seed, step, self.ctx.device)
+        batch = Batch(x=x, generator=generator, rank=self.ctx.rank, world_size=self.ctx.world_size)
+        if self.config.data.binarize == "dynamic":
+            x = (batch.rand(*x.shape) < x).to(x.dtype)  # Bernoulli(x), one draw per pixel per step
+            batch = Batch(x=x, generator=generator, rank=self.ctx.rank, world_size=self.ctx.world_size)
+        return batch
+
+    def _check_finite(self, nonfinite: Tensor, step: int) -> None:
+        if bool(nonfinite):
+            kept = list_checkpoints(self.run_dir / "checkpoints") if self.run_dir else []
+            where = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint was written yet"
+            raise TrainingDivergedError(
+                f"the loss became NaN or infinite at or before step {step + 1}; training stopped and {where}. "
+                "Try a lower train.lr, train.grad_clip, or train.precision=fp32"
+            )
+
+    def _reduce(self, values: dict[str, Tensor]) -> dict[str, float]:
+        """Mean of each logged value over processes (only at logging time)."""
+        if not values:
+            return {}
+        names = sorted(values)
+        stacked = torch.stack([torch.as_tensor(values[k], dtype=torch.float32, device=self.ctx.device) for k in names])
+        if self.ctx.distributed:
+            torch.distributed.all_reduce(stacked)
+            stacked /= self.ctx.world_size
+        return dict(zip(names, stacked.tolist()))
+
+    def _log(self, split: str, values: dict[str, float]) -> None:
+        if not self.ctx.is_main:
+            return
+        self.metrics.write({"step": self.step, "split": split, **values})
+        writer = self._writer()
+        for name, value in values.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                writer.add_scalar(f"{split}/{name}", value, self.step)
+        writer.flush()
+
+    def _writer(self):
+        if not hasattr(self, "_tensorboard"):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+        return self._tensorboard
+
+    def _evaluate(self) -> None:
+        if not self.ctx.is_main:
+            return
+        with self._eval_weights():
+            results = evaluate(self.model, self.data, self.config.eval)
+            write_image_grids(self.model, self.data, self.run_dir, self.step, self.config.eval)
+        scalars = {k: v for k, v in results.items() if isinstance(v, (int, float))}
+        if not self.quiet:
+            tqdm.write(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
+        self._log("test", results)
+
+    @contextlib.contextmanager
+    def _eval_weights(self) -> Iterator[None]:
+        self.model.eval()
+        with self.ema.applied(self.model) if self.ema is not None else contextlib.nullcontext():
+            yield
+
+    def _save(self) -> None:
+        if self.ctx.is_main:
+            extra: dict[str, Any] = {"world_size": self.ctx.world_size}
+            if self.scaler.is_enabled():
+                extra["grad_scaler"] = self.scaler.state_dict()
+            save_checkpoint(
+                self.run_dir / "checkpoints", step=self.step, model=self.model, model_name=self.config.model.name,
+                config=config_to_dict(self.config), optimizers=self.optimizers,
+                ema=self.ema.shadow if self.ema else None, extra=extra, keep=self.train_cfg.keep_checkpoints,
+            )
+        self.ctx.barrier()
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    if device.type == "cpu" and precision == "fp16":
+        raise ConfigError("train.precision=fp16 needs a GPU; use bf16 on the CPU")
+    return torch.autocast(device_type=device.type, dtype=dtype)

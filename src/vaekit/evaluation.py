@@ -1,0 +1,71 @@
+"""What `vaekit eval` and the training loop's periodic evaluation compute and draw, by model capability."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vaekit.config import EvalConfig
+from vaekit.data import ImageData
+from vaekit.latent_paths import slerp, traversal
+from vaekit.metrics.images import latent_scores, likelihood_scores, reconstruction_scores
+from vaekit.models import GenerativeModel
+from vaekit.viz import save_image_grid
+
+
+def test_images(model: GenerativeModel, data: ImageData, config: EvalConfig) -> torch.Tensor:
+    x = data.test if config.num_images is None else data.test[: config.num_images]
+    return x.to(model.device)
+
+
+@torch.inference_mode()
+def evaluate(model: GenerativeModel, data: ImageData, config: EvalConfig) -> dict[str, Any]:
+    """Scores of `model` on the test split: likelihood (latent-variable models), latents, reconstructions."""
+    was_training = model.training
+    model.eval()
+    x = test_images(model, data, config)
+    results: dict[str, Any] = {}
+    if hasattr(model, "log_weights"):
+        spec = model.likelihood
+        results |= likelihood_scores(model, x, config, is_discrete=spec.is_discrete, num_levels=data.num_levels)
+    if hasattr(model, "encode"):
+        results |= latent_scores(model, x, config)
+        if "elbo" in results:
+            results["reconstruction_nll"] = -(results["elbo"] + results["kl"])
+    results |= reconstruction_scores(model, x, config.images_per_chunk)
+    model.train(was_training)
+    return results
+
+
+@torch.inference_mode()
+def write_image_grids(model: GenerativeModel, data: ImageData, run_dir: Path, step: int, config: EvalConfig) -> list[Path]:
+    """samples/, reconstructions/ (originals above, reconstructions below), traversals/, interpolations/."""
+    generator = torch.Generator().manual_seed(config.seed)
+    n = config.num_grid_images
+    x = test_images(model, data, config)[: min(n, 32)]
+    written = [
+        save_image_grid(model.sample(n, generator=generator), run_dir / "samples" / f"step-{step}.png"),
+        save_image_grid(torch.cat([x, model.reconstruct(x)]), run_dir / "reconstructions" / f"step-{step}.png"),
+    ]
+    if hasattr(model, "encode") and hasattr(model, "decode_mean"):
+        written.append(save_image_grid(traversal_images(model, x[:1]), run_dir / "traversals" / f"step-{step}.png", nrow=11))
+        written.append(save_image_grid(interpolation_images(model, x), run_dir / "interpolations" / f"step-{step}.png", nrow=10))
+    return written
+
+
+def traversal_images(model: GenerativeModel, x: torch.Tensor, max_dims: int = 16, span: float = 3.0) -> torch.Tensor:
+    """Decode z with one dimension at a time swept over [-span, span] around x's posterior mean."""
+    center = model.encode(x).mean[0]
+    dims = list(range(min(max_dims, center.numel())))
+    z = traversal(center, dims, torch.linspace(-span, span, 11, device=center.device))  # (dims, 11, D)
+    return model.decode_mean(z.reshape(-1, center.numel()))
+
+
+def interpolation_images(model: GenerativeModel, x: torch.Tensor, pairs: int = 8, steps: int = 10) -> torch.Tensor:
+    """Slerp between the posterior means of consecutive test images, decoded: (pairs*steps, C, H, W)."""
+    pairs = max(1, min(pairs, len(x) // 2))
+    means = model.encode(x[: 2 * pairs]).mean
+    path = slerp(means[0::2], means[1::2], torch.linspace(0, 1, steps, device=means.device))  # (P, T, D)
+    return model.decode_mean(path.reshape(-1, means.shape[-1]))

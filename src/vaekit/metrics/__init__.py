@@ -1,0 +1,1 @@
+"""Evaluation metrics: image likelihoods and reconstructions, latent-space diagnostics."""

@@ -1,0 +1,43 @@
+"""Pictures: image grids as PNG (Pillow), written atomically."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from vaekit.io import atomic_write_bytes
+
+
+def image_grid(images: Tensor, nrow: int, padding: int = 1) -> np.ndarray:
+    """Tile images (N, C, H, W) in [0, 1] into one uint8 array (rows*H', cols*W', C) with padding."""
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape (N, C, H, W), got {tuple(images.shape)}")
+    images = images.detach().float().clamp(0, 1).cpu()
+    count, channels, height, width = images.shape
+    ncol = min(nrow, count)
+    nrows = -(-count // ncol)
+    cell_h, cell_w = height + padding, width + padding
+    canvas = torch.ones(channels, nrows * cell_h + padding, ncol * cell_w + padding)
+    for index in range(count):
+        row, col = divmod(index, ncol)
+        top, left = padding + row * cell_h, padding + col * cell_w
+        canvas[:, top : top + height, left : left + width] = images[index]
+    return (canvas.permute(1, 2, 0).numpy() * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_image_grid(images: Tensor, path: str | Path, nrow: int = 8, min_tile: int = 56) -> Path:
+    """Write a PNG grid of images (N, C, H, W) in [0, 1]; small images are enlarged (nearest)."""
+    grid = image_grid(images, nrow)
+    picture = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    scale = max(1, -(-min_tile // images.shape[-1]))
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
