@@ -8,8 +8,13 @@ from typing import Any
 import torch
 
 from vaekit.config import RunConfig, load_config, validate_config
-from vaekit.engine.checkpoint import list_checkpoints, load_model_weights, load_tensor_file, read_state
-from vaekit.errors import CheckpointError, RunDirError
+from vaekit.engine.checkpoint import (
+    list_checkpoints,
+    load_model_weights,
+    load_tensor_file,
+    read_state,
+)
+from vaekit.errors import CheckpointError, ConfigError, RunDirError
 from vaekit.models import GenerativeModel, build_model
 
 
@@ -66,7 +71,7 @@ def checkpoint_config(checkpoint: Path, state: dict[str, Any] | None = None) -> 
     state = state or read_state(checkpoint)
     try:
         return validate_config(state["config"], source=str(checkpoint / "state.json"))
-    except Exception as error:
+    except ConfigError as error:
         raise CheckpointError(f"{checkpoint}: stored config is not valid: {error}") from None
 
 

@@ -25,7 +25,7 @@ class Batch:
     world_size: int = 1
 
     @staticmethod
-    def of(x: Tensor, generator: torch.Generator | None = None) -> "Batch":
+    def of(x: Tensor, generator: torch.Generator | None = None) -> Batch:
         """A single-process batch (Python API and evaluation)."""
         return Batch(x=x, generator=generator)
 

@@ -26,12 +26,12 @@ class DataConfig(Section):
 
     name: Literal["digits", "fashion_mnist", "images"] = "digits"  # digits = sklearn 8x8 (embedded)
     path: str | None = None  # fashion_mnist: IDX folder; images: PNG folder or .npy/.npz file
-    test_fraction: float = 0.2  # digits/images: share held out as the test split
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # digits/images: share held out as the test split
     split_seed: int = 0  # fixes the train/test split of digits/images
     binarize: Literal["none", "dynamic", "static"] = "none"  # for a Bernoulli likelihood
     test_binarize_seed: int = 1  # the one fixed binarisation of the test split used for evaluation
-    max_train: int | None = None  # keep only the first N training images (quick runs)
-    max_test: int | None = None  # keep only the first N test images
+    max_train: int | None = Field(None, ge=1)  # keep only the first N training images (quick runs)
+    max_test: int | None = Field(None, ge=1)  # keep only the first N test images
 
 
 class ModelConfig(Section):

@@ -35,7 +35,7 @@ class DiagonalGaussian:
     log_var: Tensor
 
     @staticmethod
-    def standard_like(x: Tensor) -> "DiagonalGaussian":
+    def standard_like(x: Tensor) -> DiagonalGaussian:
         """The prior N(0, I) with the shape, dtype and device of `x`."""
         return DiagonalGaussian(torch.zeros_like(x), torch.zeros_like(x))
 

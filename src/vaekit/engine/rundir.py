@@ -87,7 +87,7 @@ def collect_versions(seed: int) -> dict[str, Any]:
 def _git_hash() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True, timeout=5,
             cwd=Path(__file__).resolve().parent,
         )
     except (OSError, subprocess.SubprocessError):

@@ -64,7 +64,7 @@ def resolve_config(config: RunConfig, data: ImageData) -> RunConfig:
     """Fill what the data decides (the model's image shape) and check what must agree with it."""
     model = config.model
     if "image_shape" in type(model).model_fields:
-        shape = getattr(model, "image_shape")
+        shape = model.image_shape
         if shape is None:
             model = model.model_copy(update={"image_shape": data.image_shape})
         elif tuple(shape) != data.image_shape:

@@ -10,7 +10,11 @@ from torch import Tensor
 
 from vaekit.config import EvalConfig
 from vaekit.distributions import DiagonalGaussian
-from vaekit.metrics.latent import active_units, aggregate_kl_and_mutual_information, kl_per_dimension
+from vaekit.metrics.latent import (
+    active_units,
+    aggregate_kl_and_mutual_information,
+    kl_per_dimension,
+)
 from vaekit.objectives import bits_per_dim, dequantised_bits_per_dim, importance_sampled_log_px
 
 

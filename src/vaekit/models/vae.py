@@ -19,7 +19,12 @@ from vaekit.errors import ConfigError
 from vaekit.likelihoods import ImageDistribution, ImageLikelihood, LikelihoodName
 from vaekit.models.base import GenerativeModel, Losses
 from vaekit.models.registry import register_model
-from vaekit.nn.image_nets import Activation, ImageNetConfig, build_image_decoder, build_image_encoder
+from vaekit.nn.image_nets import (
+    Activation,
+    ImageNetConfig,
+    build_image_decoder,
+    build_image_encoder,
+)
 from vaekit.objectives import free_bits_kl, iwae_bound, kl_weight
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Literal
 
 from torch import nn
@@ -32,7 +33,7 @@ class ImageNetConfig:
 def mlp(widths: Sequence[int], activation: Activation) -> nn.Sequential:
     """Linear layers widths[0] -> ... -> widths[-1] with `activation` between them (none at the end)."""
     layers: list[nn.Module] = []
-    for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (fan_in, fan_out) in enumerate(pairwise(widths)):
         layers.append(nn.Linear(fan_in, fan_out))
         if i < len(widths) - 2:
             layers.append(_ACTIVATIONS[activation]())
@@ -74,7 +75,7 @@ def build_image_encoder(config: ImageNetConfig, out_features: int) -> nn.Module:
 
 def build_image_decoder(config: ImageNetConfig, in_features: int, out_channels: int) -> nn.Module:
     """z (B, in_features) -> (B, out_channels, H, W)."""
-    channels, height, width = config.image_shape
+    _, height, width = config.image_shape
     act = _ACTIVATIONS[config.activation]
     if config.architecture == "mlp":
         widths = [in_features, *reversed(config.hidden_dims), out_channels * height * width]
@@ -85,7 +86,7 @@ def build_image_decoder(config: ImageNetConfig, in_features: int, out_channels: 
         layers: list[nn.Module] = [mlp(widths, config.activation), act()]
         layers.append(nn.Unflatten(1, (bottom_c, bottom_h, bottom_w)))  # (B, C_n, H/2^n, W/2^n)
         up_channels = [*reversed(config.conv_channels), config.conv_channels[0]]
-        for fan_in, fan_out in zip(up_channels[:-1], up_channels[1:]):
+        for fan_in, fan_out in pairwise(up_channels):
             layers += [nn.ConvTranspose2d(fan_in, fan_out, kernel_size=4, stride=2, padding=1), act()]
         layers.append(nn.Conv2d(up_channels[-1], out_channels, kernel_size=3, padding=1))
         return nn.Sequential(*layers)

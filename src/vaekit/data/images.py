@@ -1,0 +1,364 @@
+"""Image data in memory: sklearn digits, Fashion-MNIST IDX files, PNG folders, .npy/.npz arrays.
+
+Every split is a float32 tensor `(N, C, H, W)` with values in [0, 1]. Sources:
+- `digits`: scikit-learn's 8x8 digits (embedded, no download), levels 0..16 scaled by 1/16.
+- `fashion_mnist`: the four IDX files (gzipped or not) of the official 60000/10000 split.
+- `images`: a folder of same-size PNG files, or a `.npy`/`.npz` array of uint8 (scaled by 1/255)
+  or floats already in [0, 1] (assumed to have 256 levels).
+
+Binarisation (`data.binarize`, for a Bernoulli likelihood) draws Bernoulli(x) per pixel:
+- the test split is binarised once with seed `test_binarize_seed`, so every evaluation scores the
+  same binary images;
+- `static`: the training split is also binarised once, with seed `split_seed + 12345`;
+- `dynamic`: the training split stays grey-level and the training loop draws a fresh binarisation
+  per batch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import zipfile
+import zlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from vaekit.config import DataConfig
+from vaekit.errors import DataError
+
+DIGITS_SOURCE = "sklearn.datasets.load_digits"
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions (N, H, W)
+IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension (N,)
+FASHION_MNIST_FILES = {  # array name -> (file name without .gz, IDX magic)
+    "train_images": ("train-images-idx3-ubyte", IDX_IMAGES_MAGIC),
+    "train_labels": ("train-labels-idx1-ubyte", IDX_LABELS_MAGIC),
+    "test_images": ("t10k-images-idx3-ubyte", IDX_IMAGES_MAGIC),
+    "test_labels": ("t10k-labels-idx1-ubyte", IDX_LABELS_MAGIC),
+}
+STATIC_TRAIN_SEED_OFFSET = 12345  # static binarisation of the training split uses split_seed + this
+LIKELIHOODS_ON_GRID = ("logistic", "logistic_mixture")
+GRID_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """The train and test splits of one image data set, held in memory."""
+
+    train: Tensor  # (N, C, H, W) float32 in [0, 1]
+    test: Tensor  # (M, C, H, W) float32 in [0, 1]; binarised once already unless binarize=none
+    train_labels: Tensor | None  # (N,) int64, or None when the source has no labels
+    test_labels: Tensor | None  # (M,) int64, or None
+    num_levels: int  # intensity levels: 17 for digits, 256 for 8-bit images, 2 once binarised
+    name: str  # "digits", "fashion_mnist" or "images"
+    source: str  # where the images came from: DIGITS_SOURCE or a file/folder path
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image."""
+        channels, height, width = self.train.shape[1:]
+        return channels, height, width
+
+
+def load_image_data(config: DataConfig) -> ImageData:
+    """The splits `config` names, binarised as asked, then cut to the first max_train/max_test."""
+    loaders = {"digits": _load_digits, "fashion_mnist": _load_fashion_mnist, "images": _load_images}
+    return _keep_first(_binarize_splits(loaders[config.name](config), config), config)
+
+
+def binarize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One Bernoulli(x) draw per pixel: u < x with u ~ U[0, 1); same shape, dtype and device as x.
+
+    `generator`, when given, must live on x's device.
+    """
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return (u < x).to(x.dtype)
+
+
+def check_support(x: Tensor, *, likelihood: str, num_bins: int, source: str) -> None:
+    """Raise DataError unless every value of x lies in the support of p(x|z) for `likelihood`.
+
+    bernoulli: {0, 1}; gaussian: any finite value; logistic(_mixture): the grid k / (num_bins - 1).
+    """
+    if likelihood == "gaussian":
+        _require_finite(x, source)
+    elif likelihood == "bernoulli":
+        _require_finite(x, source)
+        _require_binary(x, source)
+    elif likelihood in LIKELIHOODS_ON_GRID:
+        _require_finite(x, source)
+        _require_on_grid(x, likelihood=likelihood, num_bins=num_bins, source=source)
+    else:
+        raise NotImplementedError(likelihood)
+
+
+def read_idx(path: Path, *, magic: int) -> np.ndarray:
+    """The read-only uint8 array of an IDX file (gzipped if named *.gz), checking magic and size.
+
+    IDX layout: a big-endian int32 magic (0, 0, dtype code, ndim), ndim big-endian uint32 sizes,
+    then the values in C order.
+    """
+    raw = _read_bytes(path)
+    if len(raw) < 4:
+        raise DataError(f"{path}: truncated IDX file: {len(raw)} bytes, less than the magic number")
+    found = int.from_bytes(raw[:4], "big")
+    if found != magic:
+        raise DataError(f"{path}: wrong IDX magic number {found}, expected {magic}")
+    ndim = raw[3]
+    header_size = 4 + 4 * ndim
+    if len(raw) < header_size:
+        raise DataError(
+            f"{path}: truncated IDX file: {len(raw)} bytes, the header alone needs {header_size}"
+        )
+    shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    data_size = len(raw) - header_size
+    if data_size != math.prod(shape):
+        raise DataError(
+            f"{path}: truncated or corrupt IDX file: the header declares shape {shape} "
+            f"({math.prod(shape)} bytes of values) but {data_size} bytes follow it"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def _load_digits(config: DataConfig) -> ImageData:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images / 16.0).float().unsqueeze(1)  # (N, 1, 8, 8): k/16
+    labels = torch.from_numpy(digits.target).long()
+    train_index, test_index = _split_by_seed(len(images), config, DIGITS_SOURCE)
+    return ImageData(
+        train=images[train_index], test=images[test_index],
+        train_labels=labels[train_index], test_labels=labels[test_index],
+        num_levels=17, name="digits", source=DIGITS_SOURCE,
+    )
+
+
+def _load_fashion_mnist(config: DataConfig) -> ImageData:
+    """The official split; data.test_fraction and data.split_seed do not apply."""
+    folder = Path(config.path) if config.path is not None else FASHION_MNIST_DIR
+    if not folder.is_dir():
+        raise DataError(
+            f"Fashion-MNIST folder {folder} does not exist; install it with "
+            f"`apt-get install -y dataset-fashion-mnist` or set data.path to a folder holding "
+            f"{', '.join(stem for stem, _ in FASHION_MNIST_FILES.values())} (each optionally .gz)"
+        )
+    arrays = {
+        key: read_idx(_find_idx_file(folder, stem), magic=magic)
+        for key, (stem, magic) in FASHION_MNIST_FILES.items()
+    }
+    for split in ("train", "test"):
+        if len(arrays[f"{split}_images"]) != len(arrays[f"{split}_labels"]):
+            raise DataError(
+                f"{folder}: the {split} split has {len(arrays[f'{split}_images'])} images "
+                f"but {len(arrays[f'{split}_labels'])} labels"
+            )
+    return ImageData(
+        train=_images_to_tensor(arrays["train_images"], str(folder)),
+        test=_images_to_tensor(arrays["test_images"], str(folder)),
+        train_labels=torch.from_numpy(arrays["train_labels"].astype(np.int64)),
+        test_labels=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+        num_levels=256, name="fashion_mnist", source=str(folder),
+    )
+
+
+def _load_images(config: DataConfig) -> ImageData:
+    if config.path is None:
+        raise DataError("data.name=images needs data.path: a PNG folder or a .npy/.npz file")
+    path = Path(config.path)
+    if path.is_dir():
+        train, test = _read_png_folder(path), None
+    elif path.suffix in (".npy", ".npz") and path.is_file():
+        train, test = _read_array_file(path)
+    else:
+        raise DataError(f"{path}: not a folder of PNG files nor an existing .npy/.npz file")
+    if test is None:
+        images = _images_to_tensor(train, str(path))
+        train_index, test_index = _split_by_seed(len(images), config, str(path))
+        train_images, test_images = images[train_index], images[test_index]
+    else:
+        train_images = _images_to_tensor(train, f"{path} (key 'train')")
+        test_images = _images_to_tensor(test, f"{path} (key 'test')")
+        if test_images.shape[1:] != train_images.shape[1:]:
+            raise DataError(
+                f"{path}: 'train' images have shape {tuple(train_images.shape[1:])} (C, H, W) but "
+                f"'test' images have shape {tuple(test_images.shape[1:])}"
+            )
+    return ImageData(
+        train=train_images, test=test_images, train_labels=None, test_labels=None,
+        num_levels=256, name="images", source=str(path),
+    )
+
+
+def _split_by_seed(num_images: int, config: DataConfig, source: str) -> tuple[Tensor, Tensor]:
+    """(train, test) indices of a seeded permutation; the first ceil(N * test_fraction) are test."""
+    num_test = math.ceil(round(num_images * config.test_fraction, 9))  # sklearn's rule, float-safe
+    if not 0 < num_test < num_images:
+        raise DataError(
+            f"{source}: data.test_fraction={config.test_fraction} of {num_images} images leaves "
+            f"{num_test} test and {num_images - num_test} training images; each split needs one"
+        )
+    order = torch.randperm(num_images, generator=torch.Generator().manual_seed(config.split_seed))
+    return order[num_test:], order[:num_test]
+
+
+def _binarize_splits(data: ImageData, config: DataConfig) -> ImageData:
+    if config.binarize == "none":
+        return data
+    test = binarize(data.test, torch.Generator().manual_seed(config.test_binarize_seed))
+    train = data.train
+    if config.binarize == "static":
+        seed = config.split_seed + STATIC_TRAIN_SEED_OFFSET
+        train = binarize(train, torch.Generator().manual_seed(seed))
+    return replace(data, train=train, test=test, num_levels=2)
+
+
+def _keep_first(data: ImageData, config: DataConfig) -> ImageData:
+    return replace(
+        data,
+        train=data.train[: config.max_train],
+        test=data.test[: config.max_test],
+        train_labels=None if data.train_labels is None else data.train_labels[: config.max_train],
+        test_labels=None if data.test_labels is None else data.test_labels[: config.max_test],
+    )
+
+
+def _find_idx_file(folder: Path, stem: str) -> Path:
+    for name in (stem, f"{stem}.gz"):
+        if (folder / name).is_file():
+            return folder / name
+    raise DataError(f"{folder}: missing the Fashion-MNIST file {stem} (or {stem}.gz)")
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as file:
+                return file.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}: cannot read the file ({error})") from None
+
+
+def _read_png_folder(folder: Path) -> np.ndarray:
+    """(N, H, W) uint8 when every PNG is grayscale ('L'), else (N, H, W, 3) RGB; in sorted order."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
+    if not files:
+        raise DataError(f"{folder}: no .png files in the folder")
+    images = [_open_png(file) for file in files]
+    mode = "L" if all(image.mode == "L" for image in images) else "RGB"
+    for file, image in zip(files, images, strict=True):
+        if image.size != images[0].size:
+            raise DataError(
+                f"{file}: size {image.size[0]}x{image.size[1]} differs from {files[0].name} "
+                f"({images[0].size[0]}x{images[0].size[1]}); all images must be the same size"
+            )
+    return np.stack([np.asarray(image.convert(mode)) for image in images])
+
+
+def _open_png(file: Path) -> Image.Image:
+    try:
+        with Image.open(file) as image:
+            image.load()
+            return image
+    except (OSError, UnidentifiedImageError) as error:
+        raise DataError(f"{file}: not a readable image ({error})") from None
+
+
+def _read_array_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(images, None) from a .npy or one-array .npz; (train, test) from a .npz with those keys."""
+    try:
+        if path.suffix == ".npy":
+            return np.load(path, allow_pickle=False), None
+        with np.load(path, allow_pickle=False) as archive:
+            keys = list(archive.keys())
+            if "train" in keys and "test" in keys:
+                return archive["train"], archive["test"]
+            if len(keys) == 1:
+                return archive[keys[0]], None
+    except ValueError as error:
+        raise DataError(f"{path}: cannot load the array ({error})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(f"{path}: cannot read the file ({error})") from None
+    raise DataError(f"{path}: expected keys 'train' and 'test', or one array; found keys {keys}")
+
+
+def _images_to_tensor(array: np.ndarray, source: str) -> Tensor:
+    """(N, C, H, W) float32 in [0, 1] from a uint8 or [0, 1]-float array in any accepted layout."""
+    return torch.from_numpy(_unit_values(_channels_first(array, source), source))
+
+
+def _channels_first(array: np.ndarray, source: str) -> np.ndarray:
+    """(N, C, H, W) from (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3}.
+
+    An array that fits both 4-d layouts is read as channels-last.
+    """
+    if array.ndim == 3:
+        array = array[:, None]
+    elif array.ndim == 4 and array.shape[3] in (1, 3):
+        array = array.transpose(0, 3, 1, 2)
+    elif array.ndim != 4 or array.shape[1] not in (1, 3):
+        raise DataError(
+            f"{source}: expected shape (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {{1, 3}}, "
+            f"got {array.shape}"
+        )
+    if array.size == 0:
+        raise DataError(f"{source}: the data is empty (shape {array.shape} as (N, C, H, W))")
+    return array
+
+
+def _unit_values(array: np.ndarray, source: str) -> np.ndarray:
+    """float32 in [0, 1]: uint8 divided by 255; floats checked to be finite and in [0, 1]."""
+    if array.dtype == np.uint8:
+        return np.ascontiguousarray(array, dtype=np.float32) / np.float32(255)
+    if array.dtype.kind != "f":
+        raise DataError(
+            f"{source}: dtype {array.dtype} is not supported; use uint8 (0..255) or floats in [0,1]"
+        )
+    num_nan = int(np.isnan(array).sum())
+    if num_nan:
+        raise DataError(f"{source}: contains {num_nan} NaN values")
+    num_inf = int(np.isinf(array).sum())
+    if num_inf:
+        raise DataError(f"{source}: contains {num_inf} infinite values")
+    low, high = float(array.min()), float(array.max())
+    if low < 0.0 or high > 1.0:
+        raise DataError(
+            f"{source}: values range over [{low:.6g}, {high:.6g}]; float images must be in [0, 1]"
+        )
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _require_finite(x: Tensor, source: str) -> None:
+    num_bad = int((~torch.isfinite(x)).sum())
+    if num_bad:
+        raise DataError(f"{source}: contains {num_bad} NaN or infinite values")
+
+
+def _require_binary(x: Tensor, source: str) -> None:
+    outside = (x != 0) & (x != 1)
+    if bool(outside.any()):
+        example = float(x[outside][0])
+        raise DataError(
+            f"{source}: the bernoulli likelihood needs values in {{0, 1}}, but "
+            f"{int(outside.sum())} values are not (e.g. {example:.6g}); binarise the data with "
+            f"data.binarize=dynamic (or static), or choose another likelihood"
+        )
+
+
+def _require_on_grid(x: Tensor, *, likelihood: str, num_bins: int, source: str) -> None:
+    scale = num_bins - 1
+    level = torch.round(x * scale)
+    off = ((x - level / scale).abs() > GRID_TOLERANCE) | (level < 0) | (level > scale)
+    if bool(off.any()):
+        example = float(x[off][0])
+        raise DataError(
+            f"{source}: the {likelihood} likelihood with num_bins={num_bins} needs values on the "
+            f"grid k/{scale} (k = 0..{scale}), but {int(off.sum())} values are not "
+            f"(e.g. {example:.6g}); set model.num_bins to the data's number of intensity levels"
+        )

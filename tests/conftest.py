@@ -1,0 +1,39 @@
+"""Shared fixtures: tiny, fast runs on the embedded digits (fixed seeds only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from vaekit.config import RunConfig, load_config
+
+
+def tiny_config(out_dir: Path, *overrides: str, name: str = "tiny") -> RunConfig:
+    """The digits VAE preset shrunk to seconds: small nets, few steps, few importance samples."""
+    return load_config(
+        "digits-vae",
+        [
+            f"out_dir={out_dir}",
+            f"name={name}",
+            "model.hidden_dims=[64]",
+            "model.latent_dim=4",
+            "train.steps=30",
+            "train.batch_size=32",
+            "train.log_every=5",
+            "train.eval_every=30",
+            "train.checkpoint_every=10",
+            "train.num_threads=1",
+            "eval.num_importance_samples=20",
+            "eval.num_images=40",
+            "eval.num_grid_images=16",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(autouse=True)
+def _fixed_threads():
+    torch.set_num_threads(1)
+    yield

@@ -1,0 +1,171 @@
+"""The training engine: run directories, checkpoints, deterministic resume, NaN handling, config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+import vaekit
+from vaekit.engine.checkpoint import list_checkpoints
+from vaekit.errors import CheckpointError, ConfigError, RunDirError, TrainingDivergedError
+from vaekit.models.vae import VAE
+
+
+def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(list_checkpoints(run_dir / "checkpoints")[-1] / "model.safetensors")
+
+
+def test_run_directory_holds_config_versions_metrics_grids_and_checkpoints(tmp_path):
+    run_dir = vaekit.train(tiny_config(tmp_path), quiet=True)
+    for name in ["config.yaml", "versions.json", "metrics.jsonl", "samples/step-30.png",
+                 "reconstructions/step-30.png", "traversals/step-30.png", "interpolations/step-30.png",
+                 "checkpoints/step-30/model.safetensors", "checkpoints/step-30/optimizer.safetensors",
+                 "checkpoints/step-30/state.json"]:
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step-20", "step-30"]  # keep=2
+    versions = json.loads((run_dir / "versions.json").read_text())
+    assert versions["torch"] == torch.__version__ and versions["seed"] == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train_records] == [5, 10, 15, 20, 25, 30]
+    assert {"loss", "reconstruction", "kl", "elbo", "lr"} <= set(train_records[0])
+    test_record = next(r for r in records if r["split"] == "test")
+    assert test_record["nll"] > 0 and test_record["elbo"] <= -test_record["nll"] + 1e-6
+    assert len(test_record["kl_per_dim"]) == 4
+
+
+def test_existing_run_directory_is_never_overwritten(tmp_path):
+    config = tiny_config(tmp_path, "train.steps=5", "train.checkpoint_every=5")
+    run_dir = vaekit.train(config, quiet=True)
+    before = (run_dir / "checkpoints/step-5/model.safetensors").read_bytes()
+    with pytest.raises(RunDirError, match="--resume .* --force"):
+        vaekit.train(config, quiet=True)
+    assert (run_dir / "checkpoints/step-5/model.safetensors").read_bytes() == before
+    vaekit.train(config.model_copy(update={"train": config.train.model_copy(update={"seed": 1})}), force=True, quiet=True)
+    assert (run_dir / "checkpoints/step-5/model.safetensors").read_bytes() != before
+
+
+@pytest.mark.parametrize("extra", [[], ["train.ema_decay=0.9", "train.grad_clip=1.0", "model.kl_warmup_steps=15"]])
+def test_resume_is_bit_exact(tmp_path, extra):
+    uninterrupted = vaekit.train(tiny_config(tmp_path, *extra, name="full"), quiet=True)
+    vaekit.train(tiny_config(tmp_path, *extra, "train.steps=17", name="split"), quiet=True)  # stops mid-epoch
+    resumed = vaekit.train(tiny_config(tmp_path, *extra, name="split"), resume=True, quiet=True)
+    a, b = _weights(uninterrupted), _weights(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    ema_a = load_file(uninterrupted / "checkpoints/step-30/ema.safetensors") if extra else None
+    if ema_a is not None:
+        ema_b = load_file(resumed / "checkpoints/step-30/ema.safetensors")
+        assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    steps = [json.loads(l)["step"] for l in (resumed / "metrics.jsonl").read_text().splitlines()
+             if json.loads(l)["split"] == "train"]
+    assert steps == sorted(set(steps))  # no step logged twice after the resume
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    original = VAE.loss
+
+    def loss_turning_nan(self, batch, *, group="model", step=0):
+        losses = original(self, batch, group=group, step=step)
+        if step >= 23:
+            return type(losses)(total=losses.total * float("nan"), terms=losses.terms)
+        return losses
+
+    monkeypatch.setattr(VAE, "loss", loss_turning_nan)
+    with pytest.raises(TrainingDivergedError, match="NaN or infinite .*step-20"):
+        vaekit.train(tiny_config(tmp_path), quiet=True)
+    checkpoints = list_checkpoints(tmp_path / "tiny" / "checkpoints")
+    assert checkpoints[-1].name == "step-20"
+    model = vaekit.load(tmp_path / "tiny")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_unknown_config_key_lists_the_valid_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'train.stepz'.*valid keys of train: .*steps"):
+        tiny_config(tmp_path, "train.stepz=3")
+    with pytest.raises(ConfigError, match=r"unknown key 'model.latent'.*latent_dim"):
+        tiny_config(tmp_path, "model.latent=3")
+    with pytest.raises(ConfigError, match="unknown model 'vea'"):
+        tiny_config(tmp_path, "model.name=vea")
+
+
+def test_model_shape_must_match_the_data(tmp_path):
+    with pytest.raises(ConfigError, match=r"\(1, 28, 28\).*\(1, 8, 8\)"):
+        vaekit.train(tiny_config(tmp_path, "model.image_shape=[1,28,28]"), quiet=True)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    return vaekit.train(tiny_config(tmp_path_factory.mktemp("runs")), quiet=True)
+
+
+def test_save_load_gives_the_same_outputs(trained_run):
+    model = vaekit.load(trained_run)
+    again = vaekit.load(trained_run / "checkpoints" / "step-30")
+    x = torch.rand(5, 1, 8, 8)
+    torch.testing.assert_close(model.reconstruct(x), again.reconstruct(x), rtol=0, atol=0)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    torch.testing.assert_close(model.sample(4, generator=g1), again.sample(4, generator=g2), rtol=0, atol=0)
+
+
+def _copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "copy"
+    shutil.copytree(run_dir, target)
+    return target
+
+
+def test_truncated_weights_fail_with_one_clear_message(trained_run, tmp_path):
+    run = _copy_run(trained_run, tmp_path)
+    weights = run / "checkpoints/step-30/model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="model.safetensors: corrupt or truncated"):
+        vaekit.load(run)
+
+
+def test_corrupt_state_json_fails_with_one_clear_message(trained_run, tmp_path):
+    run = _copy_run(trained_run, tmp_path)
+    state = run / "checkpoints/step-30/state.json"
+    state.write_text(state.read_text()[:50])
+    with pytest.raises(CheckpointError, match="state.json: corrupt or truncated"):
+        vaekit.load(run)
+
+
+def test_flipped_byte_is_detected(trained_run, tmp_path):
+    run = _copy_run(trained_run, tmp_path)
+    weights = run / "checkpoints/step-30/model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="checksum differs"):
+        vaekit.load(run)
+
+
+def test_mismatched_checkpoint_names_the_tensors_that_differ(trained_run):
+    from vaekit.engine.checkpoint import load_model_weights, load_tensor_file, read_state
+
+    checkpoint = trained_run / "checkpoints/step-30"
+    other = VAE(vaekit.load(trained_run).config.model_copy(update={"latent_dim": 6}))
+    with pytest.raises(CheckpointError, match=r"weights do not match the model: .*\(8, 64\) vs model \(12, 64\)"):
+        load_model_weights(other, load_tensor_file(checkpoint, "model.safetensors", read_state(checkpoint)), checkpoint)
+
+
+def test_resume_with_a_different_model_config_is_refused(trained_run, tmp_path):
+    run = _copy_run(trained_run, tmp_path)
+    config = tiny_config(tmp_path, "model.latent_dim=5", name="copy")
+    with pytest.raises(CheckpointError, match=r"model config differs .*latent_dim"):
+        vaekit.train(config, resume=True, quiet=True)
+    assert list_checkpoints(run / "checkpoints")[-1].name == "step-30"
+
+
+def test_missing_run_directory_message(tmp_path):
+    with pytest.raises(RunDirError, match="does not exist"):
+        vaekit.load(tmp_path / "nope")
