@@ -14,7 +14,11 @@ from vaekit.errors import VaekitError
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command != "train" or any(e.startswith("-") or "=" not in e for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]  # key=value pairs given after an option
     try:
         return args.handler(args) or 0
     except VaekitError as error:
@@ -114,14 +118,14 @@ def _pictures(args: argparse.Namespace) -> int:
 
     from vaekit.api import load
     from vaekit.data import load_image_data
-    from vaekit.evaluation import interpolation_images, traversal_images
+    from vaekit.evaluation import interpolation_images, originals_over_reconstructions, traversal_images
     from vaekit.viz import save_image_grid
 
     model = load(args.run_dir)
     x = load_image_data(model.run_config.data).test[: args.num]
     with torch.inference_mode():
         if args.picture == "reconstruct":
-            print(save_image_grid(torch.cat([x, model.reconstruct(x)]), args.out))
+            print(save_image_grid(originals_over_reconstructions(model, x), args.out))
         elif args.picture == "traverse":
             print(save_image_grid(traversal_images(model, x[:1]), args.out, nrow=11))
         else:

@@ -47,12 +47,22 @@ def write_image_grids(model: GenerativeModel, data: ImageData, run_dir: Path, st
     x = test_images(model, data, config)[: min(n, 32)]
     written = [
         save_image_grid(model.sample(n, generator=generator), run_dir / "samples" / f"step-{step}.png"),
-        save_image_grid(torch.cat([x, model.reconstruct(x)]), run_dir / "reconstructions" / f"step-{step}.png"),
+        save_image_grid(originals_over_reconstructions(model, x), run_dir / "reconstructions" / f"step-{step}.png"),
     ]
     if hasattr(model, "encode") and hasattr(model, "decode_mean"):
         written.append(save_image_grid(traversal_images(model, x[:1]), run_dir / "traversals" / f"step-{step}.png", nrow=11))
         written.append(save_image_grid(interpolation_images(model, x), run_dir / "interpolations" / f"step-{step}.png", nrow=10))
     return written
+
+
+def originals_over_reconstructions(model: GenerativeModel, x: torch.Tensor, per_row: int = 8) -> torch.Tensor:
+    """Rows of `per_row` test images, each followed by the row of their reconstructions."""
+    x = x[: max(per_row, len(x) // per_row * per_row)]
+    rows = -(-len(x) // per_row)
+    pad = rows * per_row - len(x)
+    x = torch.cat([x, x.new_ones(pad, *x.shape[1:])]) if pad else x
+    pairs = torch.stack([x.view(rows, per_row, *x.shape[1:]), model.reconstruct(x).view(rows, per_row, *x.shape[1:])], 1)
+    return pairs.reshape(-1, *x.shape[1:])  # (rows * 2 * per_row, C, H, W)
 
 
 def traversal_images(model: GenerativeModel, x: torch.Tensor, max_dims: int = 16, span: float = 3.0) -> torch.Tensor:

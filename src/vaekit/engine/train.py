@@ -151,7 +151,7 @@ def make_optimizers(model: GenerativeModel, train: TrainConfig) -> dict[str, tor
     optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[train.optimizer]
     return {
         name: optimizer_class(params, lr=train.group_lr.get(name, train.lr), betas=train.betas,
-                              weight_decay=train.weight_decay)
+                              weight_decay=train.weight_decay, foreach=True)
         for name, params in groups.items()
     }
 
