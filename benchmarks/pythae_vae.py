@@ -11,11 +11,12 @@ pythae is not a dependency of vaekit. Measures, and writes as JSON to --out:
 
 Data protocol, shared with the vaekit side so both see the same pixels:
   - Fashion-MNIST IDX files, pixels / 255 as float32 of shape (N, 1, 28, 28).
-  - Training: all 60,000 training images; each batch is binarised afresh,
-    `torch.bernoulli(batch, generator=g)`, with g the run's data generator.
-  - Test: the whole 10,000-image test split binarised once,
-    `torch.bernoulli(test, generator=torch.Generator().manual_seed(1))`; NLL uses its first N
-    images. Its SHA-256 is written to the JSON so the other side can check it holds the same set.
+  - Binarisation is vaekit.data.images.binarize's recipe: `(torch.rand(x.shape, generator=g) < x)`.
+  - Training: all 60,000 training images; each batch is binarised afresh with g the run's data
+    generator.
+  - Test: the whole 10,000-image test split binarised once with
+    g = torch.Generator().manual_seed(1); NLL uses its first N images. Its SHA-256 is written to
+    the JSON so the other side can check it holds the same set.
 
 How pythae 0.1.2's `get_nll(data, n_samples, batch_size)` works (read from
 pythae/models/vae/vae_model.py):
@@ -88,10 +89,15 @@ def load_images(data_dir: Path, split: str) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.float32) / 255.0).unsqueeze(1)
 
 
+def binarize(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One Bernoulli(x) draw per pixel, u < x with u ~ U[0, 1): vaekit's recipe, bit for bit."""
+    return (torch.rand(x.shape, generator=generator, dtype=x.dtype) < x).to(x.dtype)
+
+
 def binarized_test_set(data_dir: Path) -> torch.Tensor:
     """The one fixed binarisation of the whole test split, shape (10000, 1, 28, 28)."""
     test = load_images(data_dir, "t10k")
-    return torch.bernoulli(test, generator=torch.Generator().manual_seed(TEST_BINARIZE_SEED))
+    return binarize(test, torch.Generator().manual_seed(TEST_BINARIZE_SEED))
 
 
 def tensor_sha256(x: torch.Tensor) -> str:
@@ -130,7 +136,7 @@ def train_step(model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, pr
 
 def random_batch(train: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:
     index = torch.randint(len(train), (batch_size,), generator=generator)
-    return torch.bernoulli(train[index], generator=generator)
+    return binarize(train[index], generator)
 
 
 def flops_per_step(train: torch.Tensor, batch_size: int, seed: int) -> int:
@@ -187,36 +193,53 @@ def measure_throughput(
 # ------------------------------------------------------------------------------------------ NLL
 
 
-def pythae_nll(model: VAE, images: torch.Tensor, *, num_samples: int, batch_size: int, seed: int) -> dict:
+def pythae_nll(
+    model: VAE, images: torch.Tensor, *, num_samples: int, batch_size: int, seed: int,
+    chunk: int = 50, partial: dict | None = None, on_chunk=None,
+) -> dict:
     """NLL (nats/image) from pythae's own get_nll, called image by image to keep per-image values.
 
     get_nll itself loops over images one at a time, so calling it on one image per call runs the
-    same operations; the per-image values let the other side compare paired, within noise.
+    same operations (checked: same value as one call on all images under the same seed); the
+    per-image values let the other side compare paired, within noise. The global RNG is seeded
+    per chunk of `chunk` images, so a run stopped between chunks resumes from `partial` (an
+    earlier result of the same settings) and gives the same numbers; `on_chunk(result)` is
+    called after every chunk so the caller can write partial JSON.
     """
     batch_size = min(num_samples, batch_size)
     if num_samples % batch_size:
         raise ValueError(f"K={num_samples} must be a multiple of the NLL batch size {batch_size}")
+    settings = {"num_images": len(images), "num_samples": num_samples, "batch_size": batch_size,
+                "seed": seed, "chunk": chunk}
+    if partial and all(partial.get(k) == v for k, v in settings.items()):
+        nll, wall, chunk_walls = list(partial["nll_per_image"]), partial["wall_s"], list(partial["chunk_wall_s"])
+    else:
+        nll, wall, chunk_walls = [], 0.0, []
     model.eval()
-    torch.manual_seed(seed)
-    log_p = []
-    start = time.perf_counter()
+    result: dict = {}
     with torch.no_grad():
-        for i in range(len(images)):
-            log_p.append(float(model.get_nll(images[i : i + 1], n_samples=num_samples, batch_size=batch_size)))
-    elapsed = time.perf_counter() - start
-    nll = [-v for v in log_p]
-    mean = statistics.fmean(nll)
-    stderr = statistics.stdev(nll) / math.sqrt(len(nll)) if len(nll) > 1 else float("nan")
-    return {
-        "num_images": len(images),
-        "num_samples": num_samples,
-        "batch_size": batch_size,
-        "nll_nats": mean,
-        "nll_stderr_over_images": stderr,
-        "bits_per_dim": mean / (math.log(2) * images[0].numel()),
-        "wall_s": elapsed,
-        "nll_per_image": nll,
-    }
+        for first in range(len(nll), len(images), chunk):
+            torch.manual_seed(seed * 1_000_003 + first // chunk)
+            start = time.perf_counter()
+            for i in range(first, min(first + chunk, len(images))):
+                nll.append(-float(model.get_nll(images[i : i + 1], n_samples=num_samples, batch_size=batch_size)))
+            chunk_walls.append(time.perf_counter() - start)
+            wall += chunk_walls[-1]
+            mean = statistics.fmean(nll)
+            result = {
+                **settings,
+                "complete": len(nll) == len(images),
+                "nll_nats": mean,
+                "nll_stderr_over_images": statistics.stdev(nll) / math.sqrt(len(nll)) if len(nll) > 1 else float("nan"),
+                "bits_per_dim": mean / (math.log(2) * images[0].numel()),
+                "wall_s": wall,
+                "seconds_per_image": wall / len(nll),
+                "chunk_wall_s": chunk_walls,
+                "nll_per_image": nll,
+            }
+            if on_chunk is not None:
+                on_chunk(result)
+    return result or dict(partial)
 
 
 # ------------------------------------------------------------------------------------- training
@@ -246,7 +269,7 @@ def load_checkpoint(directory: Path, model: VAE, optimizer: torch.optim.Optimize
 
     tensors = load_file(str(directory / "state.safetensors"))
     meta = json.loads((directory / "state.json").read_text())
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    load_model_weights(directory, model)
     state: dict[int, dict] = {}
     for name, value in tensors.items():
         if name.startswith("optimizer."):
@@ -255,6 +278,14 @@ def load_checkpoint(directory: Path, model: VAE, optimizer: torch.optim.Optimize
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     torch.set_rng_state(tensors["rng.torch"])
     return int(meta["epoch"])
+
+
+def load_model_weights(directory: Path, model: VAE) -> None:
+    """Load only the model weights from a folder written by save_checkpoint."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(directory / "state.safetensors"))
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
 
 
 def train_epochs(
@@ -294,7 +325,7 @@ def train_epochs(
         losses = torch.zeros(num_batches)
         start = time.perf_counter()
         for b in range(num_batches):
-            x = torch.bernoulli(train[order[b * batch_size : (b + 1) * batch_size]], generator=generator)
+            x = binarize(train[order[b * batch_size : (b + 1) * batch_size]], generator)
             losses[b] = train_step(model, optimizer, x, precision)
         epoch_wall = time.perf_counter() - start
         train_wall += epoch_wall
@@ -384,6 +415,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--nll-batch-size", type=int, default=100, help="get_nll batch_size (samples per forward); min(K, this)")
     g.add_argument("--nll-train-steps", type=int, default=0,
                    help="fp32 training steps on the model before the NLL (0 = NLL of the untrained model)")
+    g.add_argument("--nll-checkpoint", type=Path, default=None,
+                   help="evaluate the model saved by --train-epochs in this checkpoint folder instead")
+    g.add_argument("--nll-chunk", type=int, default=50, help="images per RNG-seeded chunk; partial JSON after each")
     g = p.add_argument_group("training to quality")
     g.add_argument("--train-epochs", type=int, default=0, help="train E epochs, test NLL after each (0 skips)")
     g.add_argument("--train-precision", choices=PRECISIONS, default="fp32")
@@ -391,7 +425,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--eval-n", type=int, default=1000, help="test images for the per-epoch NLL")
     g.add_argument("--eval-k", type=int, default=100, help="importance samples for the per-epoch NLL")
     g.add_argument("--checkpoint-dir", type=Path, default=None, help="default: OUT with suffix .ckpt")
-    g.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir and the partial JSON at --out")
+    g.add_argument("--resume", action="store_true",
+                   help="continue from the partial JSON at --out (NLL chunks) and --checkpoint-dir (epochs)")
     return p.parse_args(argv)
 
 
@@ -407,8 +442,8 @@ def main(argv: list[str] | None = None) -> None:
         results = json.loads(args.out.read_text())
     results["environment"] = environment(args.threads)
     results["protocol"] = {
-        "data": "Fashion-MNIST, pixels/255, train batches binarised afresh with torch.bernoulli",
-        "test_binarization": f"torch.bernoulli(test, generator=torch.Generator().manual_seed({TEST_BINARIZE_SEED})) over all 10000 test images",
+        "data": "Fashion-MNIST, pixels/255 (float32), train batches binarised afresh: torch.rand(shape, generator=g) < x",
+        "test_binarization": f"(torch.rand(test.shape, generator=torch.Generator().manual_seed({TEST_BINARIZE_SEED})) < test) over all 10000 test images",
         "model": "pythae VAE, Encoder_Conv_VAE_MNIST / Decoder_Conv_AE_MNIST, latent_dim 16, reconstruction_loss bce",
         "nll_units": "nats per image, Bernoulli log-likelihood summed over 784 pixels",
         "seed": args.seed,
@@ -425,34 +460,47 @@ def main(argv: list[str] | None = None) -> None:
     results["model"]["batch_size"] = args.batch_size
     print(f"parameters {results['model']['parameters']:,}  GFLOP/step {flops / 1e9:.1f}", flush=True)
 
-    if args.steps > 0:
+    throughput_settings = {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "precisions": precisions}
+    already_measured = args.resume and results.get("throughput_settings") == throughput_settings
+    if args.steps > 0 and not already_measured:
         results["throughput"] = measure_throughput(
             train, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
             precisions=precisions, seed=args.seed, flops=flops,
         )
-        results["throughput_settings"] = {"steps": args.steps, "warmup": args.warmup, "rounds": args.rounds}
+        results["throughput_settings"] = throughput_settings
         for precision, r in results["throughput"].items():
             print(f"train {precision}: {r['samples_per_s']:.1f} samples/s  {r['gflop_per_s']:.0f} GFLOP/s", flush=True)
         write_json(args.out, results)
 
     if args.nll_n > 0:
-        if args.nll_train_steps:
+        if args.nll_checkpoint is not None:
+            load_model_weights(args.nll_checkpoint, model)
+            source = f"checkpoint {args.nll_checkpoint}"
+        elif args.nll_train_steps:
             model.train()
             optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
             generator = torch.Generator().manual_seed(args.seed)
             for _ in range(args.nll_train_steps):
                 train_step(model, optimizer, random_batch(train, args.batch_size, generator), "fp32")
+            source = f"{args.nll_train_steps} fp32 training steps from seed {args.seed}"
+        else:
+            source = f"untrained, seed {args.seed}"
+
+        def record(partial_result: dict) -> None:
+            results["nll"] = {**partial_result, "model": source}
+            write_json(args.out, results)
+
+        previous = results.get("nll") if args.resume and results.get("nll", {}).get("model") == source else None
         nll = pythae_nll(
             model, test[: args.nll_n], num_samples=args.nll_k, batch_size=args.nll_batch_size, seed=args.seed,
+            chunk=args.nll_chunk, partial=previous, on_chunk=record,
         )
-        nll["model_train_steps"] = args.nll_train_steps
-        results["nll"] = nll
+        record(nll)
         print(
             f"get_nll N={args.nll_n} K={args.nll_k}: {nll['nll_nats']:.2f} ± {nll['nll_stderr_over_images']:.2f} nats "
-            f"in {nll['wall_s']:.1f}s",
+            f"in {nll['wall_s']:.1f}s ({nll['seconds_per_image']:.2f} s/image)",
             flush=True,
         )
-        write_json(args.out, results)
 
     if args.train_epochs > 0:
         checkpoint_dir = args.checkpoint_dir or args.out.with_suffix(".ckpt")

@@ -16,6 +16,7 @@ from vaekit.engine.checkpoint import (
 )
 from vaekit.errors import CheckpointError, ConfigError, RunDirError
 from vaekit.models import GenerativeModel, build_model
+from vaekit.models.base import freeze
 
 
 def train(
@@ -58,12 +59,30 @@ def load(path: str | Path, *, ema: bool = True, device: str | torch.device = "cp
     checkpoint = find_checkpoint(path)
     state = read_state(checkpoint)
     config = checkpoint_config(checkpoint, state)
-    model = build_model(config.model)
+    model = build_run_model(config, device=device)
     load_model_weights(model, load_tensor_file(checkpoint, "model.safetensors", state), checkpoint)
     if ema and "ema.safetensors" in state["files"]:
         model.load_state_dict(load_tensor_file(checkpoint, "ema.safetensors", state), strict=False)
     model.run_config = config
     return model.to(device).eval()
+
+
+def build_run_model(config: RunConfig, *, device: str | torch.device = "cpu") -> GenerativeModel:
+    """The model of a run, with its parent run's frozen model attached when the config names one."""
+    model = build_model(config.model).to(device)
+    if config.parent is not None:
+        model.attach_parent(freeze(load(config.parent, device=device)))
+    elif model.requires_parent:
+        raise ConfigError(f"model {config.model.name!r} builds on a trained run: set parent=RUN_DIR")
+    return model
+
+
+def with_parent_data(config: RunConfig) -> RunConfig:
+    """A child run without its own `data` section uses its parent run's data."""
+    if config.parent is None or "data" in config.model_fields_set:
+        return config
+    parent_config = checkpoint_config(find_checkpoint(config.parent))
+    return config.model_copy(update={"data": parent_config.data})
 
 
 def checkpoint_config(checkpoint: Path, state: dict[str, Any] | None = None) -> RunConfig:

@@ -118,7 +118,11 @@ def _pictures(args: argparse.Namespace) -> int:
 
     from vaekit.api import load
     from vaekit.data import load_image_data
-    from vaekit.evaluation import interpolation_images, originals_over_reconstructions, traversal_images
+    from vaekit.evaluation import (
+        interpolation_images,
+        originals_over_reconstructions,
+        traversal_images,
+    )
     from vaekit.viz import save_image_grid
 
     model = load(args.run_dir)

@@ -35,6 +35,8 @@ def evaluate(model: GenerativeModel, data: ImageData, config: EvalConfig) -> dic
         if "elbo" in results:
             results["reconstruction_nll"] = -(results["elbo"] + results["kl"])
     results |= reconstruction_scores(model, x, config.images_per_chunk)
+    if hasattr(model, "extra_scores"):
+        results |= model.extra_scores(x)
     model.train(was_training)
     return results
 

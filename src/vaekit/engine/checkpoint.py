@@ -151,6 +151,8 @@ def load_optimizers(
     checkpoint: Path, state: dict[str, Any], optimizers: dict[str, torch.optim.Optimizer]
 ) -> None:
     """Restore every optimiser's state (moments, step counts, param groups)."""
+    if not optimizers and not state["optimizers"]:
+        return
     if set(state["optimizers"]) != set(optimizers):
         raise CheckpointError(
             f"{checkpoint}: optimiser groups {sorted(state['optimizers'])} do not match the model's {sorted(optimizers)}"

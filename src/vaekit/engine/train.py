@@ -17,9 +17,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
+from vaekit.api import build_run_model, with_parent_data
 from vaekit.batch import Batch, step_generator
 from vaekit.config import RunConfig, TrainConfig, config_to_dict
-from vaekit.data import ImageData, check_support, load_image_data
+from vaekit.data import ImageData, binarize, check_support, load_image_data
 from vaekit.engine.checkpoint import (
     list_checkpoints,
     load_model_weights,
@@ -38,7 +39,7 @@ from vaekit.engine.rundir import (
 )
 from vaekit.errors import CheckpointError, ConfigError, TrainingDivergedError
 from vaekit.evaluation import evaluate, write_image_grids
-from vaekit.models import GenerativeModel, build_model
+from vaekit.models import GenerativeModel
 
 
 def train(
@@ -48,6 +49,7 @@ def train(
 
     Under torchrun (WORLD_SIZE > 1) every process calls this; rank 0 writes.
     """
+    config = with_parent_data(config)
     ctx = init_distributed(config.train.device)
     if config.train.num_threads is not None:
         torch.set_num_threads(config.train.num_threads)
@@ -187,7 +189,7 @@ class Trainer:
         self.config, self.data, self.ctx, self.quiet = config, data, ctx, quiet
         self.train_cfg = config.train
         torch.manual_seed(self.train_cfg.seed)
-        self.model = build_model(config.model).to(ctx.device)
+        self.model = build_run_model(config, device=ctx.device)
         self.optimizers = make_optimizers(self.model, self.train_cfg)
         self.ema = WeightEMA(self.model, self.train_cfg.ema_decay) if self.train_cfg.ema_decay else None
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.train_cfg.precision == "fp16")
@@ -235,6 +237,9 @@ class Trainer:
         self.step = int(state["step"])
 
     def run(self) -> None:
+        if not self.optimizers:
+            self._fit()
+            return
         cfg = self.train_cfg
         model: nn.Module = self.model
         if self.ctx.distributed:
@@ -290,6 +295,18 @@ class Trainer:
                 self._check_finite(nonfinite, step)
                 self._save()
         progress.close()
+        self.ctx.barrier()
+
+    def _fit(self) -> None:
+        """A model with no parameter groups is fitted once on the whole training split (step 1)."""
+        if self.step == 0 and self.ctx.is_main:
+            x = self.train_x
+            if self.config.data.binarize == "dynamic":
+                x = binarize(x, step_generator(self.train_cfg.seed, 0, self.ctx.device))
+            self.step = 1
+            self._log("train", self.model.fit(x))
+            self._evaluate()
+            self._save()
         self.ctx.barrier()
 
     def _batch(self, step: int) -> Batch:

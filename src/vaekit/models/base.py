@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from vaekit.batch import Batch
 from vaekit.config import ModelConfig
+from vaekit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -33,13 +35,27 @@ class GenerativeModel(nn.Module):
     - each step, for each group in that order, the engine calls `loss(batch, group=..., step=...)`,
       back-propagates `total` and steps only that group's optimiser;
     - `forward` is `loss`, so DistributedDataParallel's gradient hooks see every call.
+
+    Two-stage models (a latent GMM or GAN on an auto-encoder's codes, a prior over VQ codes) set
+    `requires_parent` and receive the parent run's frozen model through `attach_parent`; it is
+    not a submodule, so it is neither trained nor saved in the child's checkpoints. Models fitted
+    without gradients return no parameter groups and implement `fit`.
     """
 
     config: ModelConfig
+    requires_parent: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
+
+    def attach_parent(self, parent: GenerativeModel) -> None:
+        """Receive the frozen model of the parent run (two-stage models only)."""
+        raise ConfigError(f"model {self.config.name!r} does not build on a parent run; remove `parent`")
+
+    def fit(self, x: Tensor) -> dict[str, float]:
+        """Fit without gradients on the whole training split (models with no parameter groups)."""
+        raise NotImplementedError(f"model {self.config.name!r} is trained by gradient steps")
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameter sets with their own optimiser, in update order."""
@@ -61,4 +77,12 @@ class GenerativeModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.parameters()).device
+        return next(iter(self.state_dict().values())).device
+
+
+def freeze(model: GenerativeModel) -> GenerativeModel:
+    """A parent model as a child uses it: eval mode, no gradients."""
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model

@@ -135,6 +135,10 @@ class VAE(GenerativeModel):
         """Decoder mean at the posterior mean: (B, C, H, W) -> (B, C, H, W) in [0, 1]."""
         return self.likelihood.mean_image(self.decode(self.encode(x).mean))
 
+    def latent_codes(self, x: Tensor) -> Tensor:
+        """The code a two-stage model sees: the posterior mean, (B, latent_dim)."""
+        return self.encode(x).mean
+
     def decode_mean(self, z: Tensor) -> Tensor:
         """Images E[x|z] for latents z (N, latent_dim): (N, C, H, W) in [0, 1]."""
         return self.likelihood.mean_image(self.decode(z))

@@ -1,0 +1,67 @@
+"""Two-stage runs: a latent GMM fitted without gradients on a frozen parent VAE's codes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+import vaekit
+from vaekit.config import load_config
+from vaekit.errors import ConfigError
+from vaekit.priors import GaussianMixture
+
+
+@pytest.fixture(scope="module")
+def parent_run(tmp_path_factory):
+    return vaekit.train(tiny_config(tmp_path_factory.mktemp("parent"), "train.steps=20"), quiet=True)
+
+
+def _gmm_config(out_dir, parent, *overrides):
+    return load_config("digits-latent-gmm", [f"out_dir={out_dir}", f"parent={parent}", "model.num_components=3",
+                                             "eval.num_images=40", "eval.num_grid_images=16", *overrides])
+
+
+def test_latent_gmm_fits_on_the_parent_codes_and_samples_through_its_decoder(parent_run, tmp_path):
+    parent_before = load_file(parent_run / "checkpoints/step-20/model.safetensors")
+    run_dir = vaekit.train(_gmm_config(tmp_path, parent_run), quiet=True)
+    weights = load_file(run_dir / "checkpoints/step-1/model.safetensors")
+    assert set(weights) == {"mixture.log_weights", "mixture.means", "mixture.scale_tril"}  # parent not copied
+    assert weights["mixture.means"].shape == (3, 4)
+    torch.testing.assert_close(weights["mixture.log_weights"].exp().sum(), torch.tensor(1.0))
+    parent_after = load_file(parent_run / "checkpoints/step-20/model.safetensors")
+    assert all(torch.equal(parent_before[k], parent_after[k]) for k in parent_before)
+    model = vaekit.load(run_dir)
+    assert model.run_config.data == vaekit.load(parent_run).run_config.data  # inherited from the parent
+    samples = model.sample(5, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (5, 1, 8, 8) and 0 <= samples.min() and samples.max() <= 1
+    assert (run_dir / "samples/step-1.png").is_file()
+    record = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"test"' in line][-1]
+    assert "latent_log_likelihood" in record
+
+
+def test_two_stage_model_without_parent_is_refused(tmp_path):
+    config = load_config("digits-latent-gmm", [f"out_dir={tmp_path}", "parent=null"])
+    with pytest.raises(ConfigError, match="set parent=RUN_DIR"):
+        vaekit.train(config, quiet=True)
+
+
+def test_single_stage_model_with_parent_is_refused(parent_run, tmp_path):
+    with pytest.raises(ConfigError, match="does not build on a parent run"):
+        vaekit.train(tiny_config(tmp_path, f"parent={parent_run}"), quiet=True)
+
+
+def test_gaussian_mixture_recovers_planted_components():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[-5.0, 0.0], [5.0, 0.0]])
+    codes = torch.cat([centres[0] + 0.5 * torch.randn(400, 2, generator=g),
+                       centres[1] + torch.randn(600, 2, generator=g)])
+    mixture = GaussianMixture(2, 2)
+    mixture.fit(codes, max_iter=100, seed=0, reg_covar=1e-6)
+    order = mixture.means[:, 0].argsort()
+    torch.testing.assert_close(mixture.means[order], centres, atol=0.15, rtol=0)
+    torch.testing.assert_close(mixture.log_weights[order].exp(), torch.tensor([0.4, 0.6]), atol=0.01, rtol=0)
+    draws = mixture.sample(20000, torch.Generator().manual_seed(1))
+    assert (draws[:, 0] > 0).float().mean().item() == pytest.approx(0.6, abs=0.02)
+    assert draws[draws[:, 0] < 0].std(0).mean().item() == pytest.approx(0.5, abs=0.05)
