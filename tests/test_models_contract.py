@@ -14,6 +14,7 @@ from vaekit.engine.checkpoint import (
 )
 from vaekit.engine.train import make_optimizers
 from vaekit.models import build_model, model_names
+from vaekit.models.base import freeze
 from vaekit.models.registry import lookup
 
 # Per-family settings that make a model tiny enough for a contract test on 8x8 images.
@@ -23,7 +24,9 @@ TINY = {
              "hidden_dims": (16,), "likelihood": "logistic_mixture", "num_bins": 17, "num_mixtures": 2},
             {"image_shape": (3, 8, 8), "latent_dim": 3, "hidden_dims": (16,), "likelihood": "gaussian",
              "gaussian_std": None, "iwae_samples": 3}],
+    "latent-gmm": [{"num_components": 2}],  # parent: a tiny VAE (PARENT)
 }
+PARENT = {"name": "vae", "image_shape": (1, 8, 8), "latent_dim": 3, "hidden_dims": (16,)}
 CASES = [(name, settings) for name in model_names() for settings in TINY[name]]
 
 
@@ -35,6 +38,9 @@ def _model_and_batch(name, settings):
     config_class, _ = lookup(name)
     torch.manual_seed(0)
     model = build_model(config_class(name=name, **settings))
+    if model.requires_parent:
+        model.attach_parent(freeze(build_model(lookup("vae")[0](**PARENT))))
+        settings = PARENT
     shape = settings["image_shape"]
     levels = settings.get("num_bins", 2)
     g = torch.Generator().manual_seed(1)
@@ -58,7 +64,7 @@ def test_loss_terms_are_finite_and_per_sample_or_scalar(name, settings):
 def test_sample_and_reconstruct_shapes(name, settings):
     model, batch = _model_and_batch(name, settings)
     samples = model.sample(5, generator=torch.Generator().manual_seed(0))
-    assert samples.shape == (5, *settings["image_shape"])
+    assert samples.shape == (5, *batch.x.shape[1:])
     assert samples.min() >= 0 and samples.max() <= 1
     assert model.reconstruct(batch.x).shape == batch.x.shape
 
@@ -72,10 +78,14 @@ def test_train_step_changes_weights_and_eval_does_not(name, settings):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     model.eval()
     with torch.inference_mode():
-        model.loss(batch)
+        for group in optimizers:
+            model.loss(batch, group=group)
         model.sample(3)
+        model.reconstruct(batch.x)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     model.train()
+    if not optimizers:  # fitted without gradients
+        model.fit(torch.rand(50, *batch.x.shape[1:], generator=torch.Generator().manual_seed(5)))
     for group, optimizer in optimizers.items():
         optimizer.zero_grad()
         model.loss(batch, group=group).total.backward()
