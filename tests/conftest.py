@@ -37,3 +37,13 @@ def tiny_config(out_dir: Path, *overrides: str, name: str = "tiny") -> RunConfig
 def _fixed_threads():
     torch.set_num_threads(1)
     yield
+
+
+@pytest.fixture(scope="session")
+def trained_digits_run(tmp_path_factory) -> Path:
+    """One tiny digits VAE trained for 300 steps, shared by read-only tests."""
+    import vaekit
+
+    config = tiny_config(tmp_path_factory.mktemp("shared"), "train.steps=300", "train.eval_every=300",
+                         "train.checkpoint_every=300", "train.log_every=100", name="trained")
+    return vaekit.train(config, quiet=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     model = load(args.run_dir)
     images = model.sample(args.num, generator=torch.Generator().manual_seed(args.seed))
-    print(save_image_grid(images, args.out))
+    print(save_image_grid(images, args.out, nrow=math.ceil(math.sqrt(args.num))))
     return 0
 
 
