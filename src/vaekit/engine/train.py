@@ -248,8 +248,7 @@ class Trainer:
             )
         progress = tqdm(total=cfg.steps, initial=self.step, disable=self.quiet or not self.ctx.is_main,
                         desc=self.config.name, dynamic_ncols=True)
-        sums: dict[str, Tensor] = {}
-        window = 0
+        sums: dict[str, tuple[Tensor, int]] = {}  # term -> (running sum of batch means, count)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.ctx.device)
         autocast = _autocast(self.ctx.device, cfg.precision)
         while self.step < cfg.steps:
@@ -257,7 +256,8 @@ class Trainer:
             self.model.train()
             batch = self._batch(step)
             torch.manual_seed(cfg.seed + 7919 * step + self.ctx.rank)
-            for group, optimizer in self.optimizers.items():
+            for group in self.model.updates(step):
+                optimizer = self.optimizers[group]
                 for param_group in optimizer.param_groups:
                     param_group["lr"] = cfg.group_lr.get(group, cfg.lr) * lr_factor(step, cfg)
                 for other in self.optimizers.values():
@@ -273,21 +273,21 @@ class Trainer:
                 self.scaler.step(optimizer)
                 self.scaler.update()
                 prefix = "" if len(self.optimizers) == 1 else f"{group}/"
-                for name, value in losses.terms.items():
-                    sums[prefix + name] = sums.get(prefix + name, 0) + value.detach().float().mean()
-                sums[prefix + "loss"] = sums.get(prefix + "loss", 0) + losses.total.detach().float()
+                for name, value in {**losses.terms, "loss": losses.total}.items():
+                    key = prefix + name
+                    total, count = sums.get(key, (0.0, 0))
+                    sums[key] = (total + value.detach().float().mean(), count + 1)
             if self.ema is not None:
                 self.ema.update(self.model)
             self.step = step + 1
-            window += 1
             progress.update(1)
             last = self.step == cfg.steps
             if self.step % cfg.log_every == 0 or last:
                 self._check_finite(nonfinite, step)
-                means = self._reduce({k: v / window for k, v in sums.items()})
+                means = self._reduce({k: total / count for k, (total, count) in sums.items()})
                 progress.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
                 self._log("train", means | {"lr": cfg.lr * lr_factor(step, cfg)})
-                sums, window = {}, 0
+                sums = {}
             if self.step % cfg.eval_every == 0 or last:
                 self._check_finite(nonfinite, step)
                 self._evaluate()

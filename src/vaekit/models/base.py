@@ -32,8 +32,10 @@ class GenerativeModel(nn.Module):
     Training contract with the engine:
     - `parameter_groups()` names the parameter sets that get their own optimiser (one, "model",
       for a VAE; e.g. "discriminator" and "model" for an adversarial model), in update order;
-    - each step, for each group in that order, the engine calls `loss(batch, group=..., step=...)`,
-      back-propagates `total` and steps only that group's optimiser;
+    - each step, for each group `updates(step)` lists (default: every group once, in order), the
+      engine calls `loss(batch, group=..., step=...)`, zeroes every gradient, back-propagates
+      `total` and steps only that group's optimiser, so one group's loss never moves another's
+      weights;
     - `forward` is `loss`, so DistributedDataParallel's gradient hooks see every call.
 
     Two-stage models (a latent GMM or GAN on an auto-encoder's codes, a prior over VQ codes) set
@@ -60,6 +62,10 @@ class GenerativeModel(nn.Module):
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameter sets with their own optimiser, in update order."""
         return {"model": list(self.parameters())}
+
+    def updates(self, step: int) -> list[str]:
+        """The parameter groups updated at `step`, in order (e.g. 5 critic updates per generator update)."""
+        return list(self.parameter_groups())
 
     def loss(self, batch: Batch, *, group: str = "model", step: int = 0) -> Losses:
         raise NotImplementedError
