@@ -169,3 +169,23 @@ def test_resume_with_a_different_model_config_is_refused(trained_run, tmp_path):
 def test_missing_run_directory_message(tmp_path):
     with pytest.raises(RunDirError, match="does not exist"):
         vaekit.load(tmp_path / "nope")
+
+
+def test_bf16_autocast_trains_with_fp32_likelihood_and_kl(tmp_path):
+    from vaekit.batch import Batch
+
+    run_dir = vaekit.train(tiny_config(tmp_path, "train.precision=bf16", "model.architecture=conv",
+                                       "model.conv_channels=[4,8]"), quiet=True)
+    model = vaekit.load(run_dir)
+    x = (torch.rand(4, 1, 8, 8) > 0.5).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model.loss(Batch.of(x))
+    assert all(v.dtype == torch.float32 for v in losses.terms.values())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["loss"] == r["loss"] for r in records if r["split"] == "train")  # no NaN
+
+
+def test_fp16_on_cpu_is_refused_with_a_hint(tmp_path):
+    with pytest.raises(ConfigError, match="bf16"):
+        vaekit.train(tiny_config(tmp_path, "train.precision=fp16", "train.device=cpu"), quiet=True)
+    assert not (tmp_path / "tiny").exists()  # refused before anything was written

@@ -192,6 +192,7 @@ class Trainer:
         self.model = build_run_model(config, device=ctx.device)
         self.optimizers = make_optimizers(self.model, self.train_cfg)
         self.ema = WeightEMA(self.model, self.train_cfg.ema_decay) if self.train_cfg.ema_decay else None
+        self.autocast = _autocast(ctx.device, self.train_cfg.precision)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.train_cfg.precision == "fp16")
         self.step = 0
         self.run_dir: Path | None = None
@@ -250,7 +251,6 @@ class Trainer:
                         desc=self.config.name, dynamic_ncols=True)
         sums: dict[str, tuple[Tensor, int]] = {}  # term -> (running sum of batch means, count)
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.ctx.device)
-        autocast = _autocast(self.ctx.device, cfg.precision)
         while self.step < cfg.steps:
             step = self.step
             self.model.train()
@@ -262,7 +262,7 @@ class Trainer:
                     param_group["lr"] = cfg.group_lr.get(group, cfg.lr) * lr_factor(step, cfg)
                 for other in self.optimizers.values():
                     other.zero_grad(set_to_none=True)
-                with autocast:
+                with self.autocast:
                     losses = model(batch, group=group, step=step)
                 nonfinite |= ~torch.isfinite(losses.total.detach())
                 self.scaler.scale(losses.total).backward()
