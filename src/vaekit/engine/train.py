@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -195,6 +196,7 @@ class Trainer:
         self.autocast = _autocast(ctx.device, self.train_cfg.precision)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.train_cfg.precision == "fp16")
         self.step = 0
+        self.train_seconds = 0.0  # wall time spent in training steps (not evaluation or saving), across resumes
         self.run_dir: Path | None = None
         self.train_x = data.train.to(ctx.device)
         self.order = DataOrder(
@@ -236,6 +238,7 @@ class Trainer:
         if state["extra"].get("grad_scaler"):
             self.scaler.load_state_dict(state["extra"]["grad_scaler"])
         self.step = int(state["step"])
+        self.train_seconds = float(state["extra"].get("train_seconds", 0.0))
 
     def run(self) -> None:
         if not self.optimizers:
@@ -253,6 +256,7 @@ class Trainer:
         nonfinite = torch.zeros((), dtype=torch.bool, device=self.ctx.device)
         while self.step < cfg.steps:
             step = self.step
+            started = time.perf_counter()
             self.model.train()
             batch = self._batch(step)
             torch.manual_seed(cfg.seed + 7919 * step + self.ctx.rank)
@@ -280,13 +284,14 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
             self.step = step + 1
+            self.train_seconds += time.perf_counter() - started
             progress.update(1)
             last = self.step == cfg.steps
             if self.step % cfg.log_every == 0 or last:
                 self._check_finite(nonfinite, step)
                 means = self._reduce({k: total / count for k, (total, count) in sums.items()})
                 progress.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
-                self._log("train", means | {"lr": cfg.lr * lr_factor(step, cfg)})
+                self._log("train", means | {"lr": cfg.lr * lr_factor(step, cfg), "train_seconds": self.train_seconds})
                 sums = {}
             if self.step % cfg.eval_every == 0 or last:
                 self._check_finite(nonfinite, step)
@@ -365,7 +370,7 @@ class Trainer:
         scalars = {k: v for k, v in results.items() if isinstance(v, (int, float))}
         if not self.quiet:
             tqdm.write(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
-        self._log("test", results)
+        self._log("test", results | {"train_seconds": self.train_seconds})
 
     @contextlib.contextmanager
     def _eval_weights(self) -> Iterator[None]:
@@ -375,7 +380,7 @@ class Trainer:
 
     def _save(self) -> None:
         if self.ctx.is_main:
-            extra: dict[str, Any] = {"world_size": self.ctx.world_size}
+            extra: dict[str, Any] = {"world_size": self.ctx.world_size, "train_seconds": self.train_seconds}
             if self.scaler.is_enabled():
                 extra["grad_scaler"] = self.scaler.state_dict()
             save_checkpoint(

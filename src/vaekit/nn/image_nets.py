@@ -85,9 +85,8 @@ def build_image_decoder(config: ImageNetConfig, in_features: int, out_channels: 
         widths = [in_features, *reversed(config.hidden_dims), bottom_c * bottom_h * bottom_w]
         layers: list[nn.Module] = [mlp(widths, config.activation), act()]
         layers.append(nn.Unflatten(1, (bottom_c, bottom_h, bottom_w)))  # (B, C_n, H/2^n, W/2^n)
-        up_channels = [*reversed(config.conv_channels), config.conv_channels[0]]
-        for fan_in, fan_out in pairwise(up_channels):
+        up_channels = [*reversed(config.conv_channels), out_channels]
+        for fan_in, fan_out in pairwise(up_channels):  # the last one emits the likelihood's maps
             layers += [nn.ConvTranspose2d(fan_in, fan_out, kernel_size=4, stride=2, padding=1), act()]
-        layers.append(nn.Conv2d(up_channels[-1], out_channels, kernel_size=3, padding=1))
-        return nn.Sequential(*layers)
+        return nn.Sequential(*layers[:-1])
     raise NotImplementedError(config.architecture)
