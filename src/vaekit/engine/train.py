@@ -36,6 +36,7 @@ from vaekit.engine.rundir import (
     MetricsLog,
     collect_versions,
     prepare_run_dir,
+    run_dir_of,
     write_run_files,
 )
 from vaekit.errors import CheckpointError, ConfigError, TrainingDivergedError
@@ -205,8 +206,6 @@ class Trainer:
         )
 
     def open_run_dir(self, *, resume: bool, force: bool) -> Path:
-        from vaekit.engine.rundir import run_dir_of
-
         path = run_dir_of(self.config)
         if self.ctx.is_main:
             prepare_run_dir(self.config, resume=resume, force=force)
