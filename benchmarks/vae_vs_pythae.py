@@ -5,6 +5,7 @@ with --no-deps, see requirements-ref.txt). Data loading, pythae's model, its tra
 `get_nll` and the checkpoint helpers come from pythae_vae.py beside this file. Writes JSON to
 --out after every unit of work (a timing round, a chunk of NLL images, an evaluation or checkpoint
 of a training run); --resume continues from that JSON and the checkpoints under --work-dir.
+Results of sections not run in a call are kept in --out, so sections may run in separate calls.
 
 Sections (--sections, default all three):
   check       vaekit's loss on the adapter model against pythae's loss on the same batch with the
@@ -41,8 +42,9 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,19 +52,19 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import pythae_vae as ref  # noqa: E402  (the pythae side: data, model, step, get_nll, checkpoints)
+import pythae_vae as ref  # the pythae side: data, model, step, get_nll, checkpoints
 
-import vaekit  # noqa: E402
-from vaekit.batch import Batch  # noqa: E402
-from vaekit.config import DataConfig, RunConfig, load_config, validate_config  # noqa: E402
-from vaekit.data import ImageData, load_image_data  # noqa: E402
-from vaekit.engine.checkpoint import list_checkpoints, read_state  # noqa: E402
-from vaekit.engine.distributed import init_distributed  # noqa: E402
-from vaekit.engine.rundir import collect_versions  # noqa: E402
-from vaekit.engine.train import Trainer, _check_data, make_optimizers, resolve_config  # noqa: E402
-from vaekit.models.vae import VAE as VaekitVAE  # noqa: E402
-from vaekit.models.vae import VAEConfig as VaekitVAEConfig  # noqa: E402
-from vaekit.objectives import importance_sampled_log_px  # noqa: E402
+import vaekit
+from vaekit.batch import Batch
+from vaekit.config import DataConfig, RunConfig, load_config, validate_config
+from vaekit.data import ImageData, load_image_data
+from vaekit.engine.checkpoint import list_checkpoints, read_state
+from vaekit.engine.distributed import init_distributed
+from vaekit.engine.rundir import collect_versions
+from vaekit.engine.train import Trainer, _check_data, make_optimizers, resolve_config
+from vaekit.models.vae import VAE as VaekitVAE
+from vaekit.models.vae import VAEConfig as VaekitVAEConfig
+from vaekit.objectives import importance_sampled_log_px
 
 SECTIONS = ("check", "throughput", "nll", "ttq")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "vae_vs_pythae.json"
@@ -96,7 +98,7 @@ class PythaeDecoderLogits(nn.Module):
         super().__init__()
         last = decoder.layers[-1]
         if not (isinstance(last, nn.Sequential) and isinstance(last[-1], nn.Sigmoid)):
-            raise ValueError(f"expected pythae's decoder to end with a Sequential(..., Sigmoid), got {last}")
+            raise TypeError(f"expected pythae's decoder to end with a Sequential(..., Sigmoid), got {last}")
         self.net = decoder
 
     def forward(self, z: Tensor) -> Tensor:
@@ -691,7 +693,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (written atomically after each unit)")
     p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK_DIR,
                    help="run directories and checkpoints (default benchmarks/results/partial/vae_vs_pythae, git-ignored)")
-    p.add_argument("--resume", action="store_true", help="continue from --out and the checkpoints in --work-dir")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the sections run from --out and the checkpoints in --work-dir (same settings); "
+                        "without it they start afresh (other sections' results in --out are kept either way)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     p.add_argument("--data-dir", type=Path, default=ref.DEFAULT_DATA_DIR)
     p.add_argument("--seed", type=int, default=0, help="initialisation and draws of sections throughput and nll")
@@ -709,7 +713,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--nll-precisions", default="fp32", help="comma list of precisions for vaekit's NLL (fp32, bf16)")
     g.add_argument("--nll-batch-size", type=int, default=100, help="pythae get_nll batch_size (min(K, this))")
     g.add_argument("--nll-chunk", type=int, default=10, help="pythae images per seeded chunk (partial JSON after each)")
-    g.add_argument("--samples-per-chunk", type=int, default=250, help="vaekit: importance samples decoded per call")
+    g.add_argument("--samples-per-chunk", type=int, default=100, help="vaekit: importance samples decoded per call")
     g.add_argument("--images-per-chunk", type=int, default=10, help="vaekit: images per call (partial JSON after each)")
     g.add_argument("--nll-train-steps", type=int, default=600, help="fp32 steps of pythae's model before the NLL")
     g.add_argument("--nll-checkpoint", type=Path, default=None,
@@ -741,10 +745,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    results: dict = json.loads(args.out.read_text()) if args.resume and args.out.exists() else {}
+    # Sections not run in this call keep their results; a section that runs starts afresh unless
+    # --resume is given and its settings match what the JSON holds.
+    results: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
     results["environment"] = {**ref.environment(args.threads), "vaekit": vaekit.__version__,
                               "vaekit_git": collect_versions(args.seed)["git"]}
-    results["command"] = sys.argv
+    results.setdefault("calls", []).append({"argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                                            "loadavg_start": os.getloadavg()})
 
     def save() -> None:
         ref.write_json(args.out, results)
@@ -776,6 +783,7 @@ def main(argv: list[str] | None = None) -> None:
     if "ttq" in args.sections:
         run_ttq(args, results, save)
     results["environment"]["loadavg_end"] = os.getloadavg()
+    results["calls"][-1]["loadavg_end"] = os.getloadavg()
     save()
 
 
