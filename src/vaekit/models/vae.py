@@ -96,22 +96,26 @@ class VAE(GenerativeModel):
         return DiagonalGaussian.standard_like(like)
 
     def loss(self, batch: Batch, *, group: str = "model", step: int = 0) -> Losses:
-        """Negative (beta-)ELBO, or the negative IWAE bound when iwae_samples > 1, averaged over the batch."""
+        """Negative (beta-)ELBO, or the negative IWAE bound when iwae_samples > 1, averaged over the batch.
+
+        Terms, per sample (B,), the same in both modes: reconstruction = -E_q log p(x|z), kl (closed
+        form), elbo, and iwae_bound (with K = 1 it is the single-sample ELBO).
+        """
         x = batch.x
         posterior = self.encode(x)
-        if self.config.iwae_samples > 1:
-            noise = batch.randn(self.config.iwae_samples, x.shape[0], self.config.latent_dim, batch_dim=1)
-            log_w = self._log_weights_given(x, posterior, noise)  # (K, B)
-            bound = iwae_bound(log_w)
-            return Losses(total=-bound.mean(), terms={"iwae_bound": bound, "elbo": log_w.mean(0)})
-        z = posterior.rsample(batch.randn(x.shape[0], self.config.latent_dim))  # (B, D)
-        log_px_z = self.likelihood.log_likelihood(self.decode(z), x)  # (B,)
-        kl_per_dim = kl_divergence(posterior, self.prior(z))  # (B, D)
+        noise = batch.randn(self.config.iwae_samples, x.shape[0], self.config.latent_dim, batch_dim=1)
+        log_px_z, log_prior_ratio = self._log_weight_parts(x, posterior, noise)  # (K, B) each
+        kl_per_dim = kl_divergence(posterior, self.prior(posterior.mean))  # (B, D)
         kl = kl_per_dim.sum(-1)  # (B,)
-        weight = kl_weight(step, beta=self.config.beta, warmup_steps=self.config.kl_warmup_steps)
-        kl_term = free_bits_kl(kl_per_dim, self.config.free_bits)
-        total = (-log_px_z + weight * kl_term).mean()
-        return Losses(total=total, terms={"reconstruction": -log_px_z, "kl": kl, "elbo": log_px_z - kl})
+        reconstruction = -log_px_z.mean(0)  # (B,)
+        bound = iwae_bound(log_px_z + log_prior_ratio)  # (B,)
+        if self.config.iwae_samples > 1:
+            total = -bound.mean()
+        else:
+            weight = kl_weight(step, beta=self.config.beta, warmup_steps=self.config.kl_warmup_steps)
+            total = (reconstruction + weight * free_bits_kl(kl_per_dim, self.config.free_bits)).mean()
+        return Losses(total=total, terms={"reconstruction": reconstruction, "kl": kl,
+                                          "elbo": -reconstruction - kl, "iwae_bound": bound})
 
     def log_weights(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x): x (B, ...) -> (K, B)."""
@@ -119,9 +123,11 @@ class VAE(GenerativeModel):
         noise = torch.randn(
             (num_samples, *posterior.mean.shape), generator=generator, device=generator.device if generator else x.device
         ).to(x.device)
-        return self._log_weights_given(x, posterior, noise)
+        log_px_z, log_prior_ratio = self._log_weight_parts(x, posterior, noise)
+        return log_px_z + log_prior_ratio
 
-    def _log_weights_given(self, x: Tensor, posterior: DiagonalGaussian, noise: Tensor) -> Tensor:
+    def _log_weight_parts(self, x: Tensor, posterior: DiagonalGaussian, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """(log p(x|z_k), log p(z_k) - log q(z_k|x)) for z_k = mean + std * noise_k: each (K, B)."""
         num_samples, batch = noise.shape[:2]
         z = posterior.rsample(noise)  # (K, B, D)
         likelihood = self.decode(z.reshape(num_samples * batch, -1))
@@ -129,7 +135,7 @@ class VAE(GenerativeModel):
         log_px_z = self.likelihood.log_likelihood(likelihood, x_repeated).view(num_samples, batch)
         log_pz = sum_except_batch(self.prior(z).log_prob(z), num_batch_dims=2)  # (K, B)
         log_qz_x = sum_except_batch(posterior.log_prob(z), num_batch_dims=2)  # (K, B)
-        return log_px_z + log_pz - log_qz_x
+        return log_px_z, log_pz - log_qz_x
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """Decoder mean at the posterior mean: (B, C, H, W) -> (B, C, H, W) in [0, 1]."""
