@@ -25,6 +25,11 @@ TINY = {
             {"image_shape": (3, 8, 8), "latent_dim": 3, "hidden_dims": (16,), "likelihood": "gaussian",
              "gaussian_std": None, "iwae_samples": 3}],
     "latent-gmm": [{"num_components": 2}],  # parent: a tiny VAE (PARENT)
+    "wae-mmd": [{"image_shape": (1, 8, 8), "latent_dim": 3, "architecture": "mlp", "hidden_dims": (16,)},
+                {"image_shape": (1, 8, 8), "latent_dim": 3, "conv_channels": (4, 8), "hidden_dims": (16,),
+                 "encoder": "gaussian", "kernel": "rbf"}],
+    "wae-gan": [{"image_shape": (1, 8, 8), "latent_dim": 3, "architecture": "mlp", "hidden_dims": (16,),
+                 "discriminator_hidden_dims": (8, 8)}],
 }
 PARENT = {"name": "vae", "image_shape": (1, 8, 8), "latent_dim": 3, "hidden_dims": (16,)}
 CASES = [(name, settings) for name in model_names() for settings in TINY[name]]

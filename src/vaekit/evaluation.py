@@ -51,7 +51,7 @@ def write_image_grids(model: GenerativeModel, data: ImageData, run_dir: Path, st
         save_image_grid(model.sample(n, generator=generator), run_dir / "samples" / f"step-{step}.png"),
         save_image_grid(originals_over_reconstructions(model, x), run_dir / "reconstructions" / f"step-{step}.png"),
     ]
-    if hasattr(model, "encode") and hasattr(model, "decode_mean"):
+    if hasattr(model, "latent_codes") and hasattr(model, "decode_mean"):
         written.append(save_image_grid(traversal_images(model, x[:1]), run_dir / "traversals" / f"step-{step}.png", nrow=11))
         written.append(save_image_grid(interpolation_images(model, x), run_dir / "interpolations" / f"step-{step}.png", nrow=10))
     return written
@@ -68,16 +68,16 @@ def originals_over_reconstructions(model: GenerativeModel, x: torch.Tensor, per_
 
 
 def traversal_images(model: GenerativeModel, x: torch.Tensor, max_dims: int = 16, span: float = 3.0) -> torch.Tensor:
-    """Decode z with one dimension at a time swept over [-span, span] around x's posterior mean."""
-    center = model.encode(x).mean[0]
+    """Decode z with one dimension at a time swept over [-span, span] around x's code."""
+    center = model.latent_codes(x)[0]
     dims = list(range(min(max_dims, center.numel())))
     z = traversal(center, dims, torch.linspace(-span, span, 11, device=center.device))  # (dims, 11, D)
     return model.decode_mean(z.reshape(-1, center.numel()))
 
 
 def interpolation_images(model: GenerativeModel, x: torch.Tensor, pairs: int = 8, steps: int = 10) -> torch.Tensor:
-    """Slerp between the posterior means of consecutive test images, decoded: (pairs*steps, C, H, W)."""
+    """Slerp between the codes of consecutive test images, decoded: (pairs*steps, C, H, W)."""
     pairs = max(1, min(pairs, len(x) // 2))
-    means = model.encode(x[: 2 * pairs]).mean
+    means = model.latent_codes(x[: 2 * pairs])
     path = slerp(means[0::2], means[1::2], torch.linspace(0, 1, steps, device=means.device))  # (P, T, D)
     return model.decode_mean(path.reshape(-1, means.shape[-1]))
