@@ -1,0 +1,59 @@
+"""Chamfer distance: hand-made sets, brute force, chunking, permutation invariance, gradcheck."""
+
+import pytest
+import torch
+
+from vaekit.divergences import chamfer_distance
+
+
+def _brute_force(x, y):
+    d = ((x[:, :, None] - y[:, None]) ** 2).sum(-1)  # (B, N, M)
+    return d.min(2).values.mean(1) + d.min(1).values.mean(1)
+
+
+def test_hand_made_sets():
+    x = torch.tensor([[[0.0, 0, 0], [1, 0, 0]]])
+    y = torch.tensor([[[0.0, 0, 0], [0, 2, 0], [1, 0, 1]]])
+    # x->y: 0 and 1 (to (1,0,1)), mean 0.5; y->x: 0, 4, 1, mean 5/3
+    assert chamfer_distance(x, y).item() == pytest.approx(0.5 + 5.0 / 3.0)
+    assert chamfer_distance(x, x).item() == 0.0
+
+
+@pytest.mark.parametrize("max_bytes", [64, 4096, 256 * 2**20])
+def test_matches_brute_force_for_any_chunk_size(max_bytes):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3, 50, 3, generator=g), torch.randn(3, 37, 3, generator=g)
+    torch.testing.assert_close(chamfer_distance(x, y, reduction="none", max_bytes=max_bytes), _brute_force(x, y))
+
+
+def test_permutation_invariant_and_symmetric():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(2, 40, 3, generator=g), torch.randn(2, 30, 3, generator=g)
+    permuted = x[:, torch.randperm(40, generator=g)]
+    torch.testing.assert_close(chamfer_distance(permuted, y, reduction="none"), chamfer_distance(x, y, reduction="none"))
+    torch.testing.assert_close(chamfer_distance(y, x, reduction="none"), chamfer_distance(x, y, reduction="none"))
+
+
+def test_gradcheck_float64():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 7, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: chamfer_distance(a, b, reduction="sum"), (x, y))
+
+
+def test_gradient_matches_brute_force_autograd():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 64, 3, generator=g, requires_grad=True)
+    y = torch.randn(2, 48, 3, generator=g, requires_grad=True)
+    chamfer_distance(x, y).backward()
+    x2, y2 = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
+    _brute_force(x2, y2).mean().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    torch.testing.assert_close(y.grad, y2.grad)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match=r"Expected x of shape \(N, P, D\)"):
+        chamfer_distance(torch.zeros(5, 3), torch.zeros(1, 5, 3))
+    with pytest.raises(ValueError, match="reduction"):
+        chamfer_distance(torch.zeros(1, 5, 3), torch.zeros(1, 5, 3), reduction="max")
