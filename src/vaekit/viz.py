@@ -41,3 +41,32 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: int = 8, min_tile: i
     picture.save(buffer, format="PNG")
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
+
+
+def save_point_cloud_grid(clouds: Tensor, path: str | Path, ncols: int = 5, titles: list[str] | None = None,
+                          point_size: float = 0.5) -> Path:
+    """Render clouds (N, P, 3) as a grid of 3-D scatter plots (matplotlib, Agg) into a PNG, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clouds = clouds.detach().float().cpu().numpy()
+    count = len(clouds)
+    nrows = -(-count // ncols)
+    figure = plt.figure(figsize=(2.2 * ncols, 2.2 * nrows), dpi=100)
+    limit = float(np.abs(clouds).max()) if count else 1.0
+    for index, cloud in enumerate(clouds):
+        axes = figure.add_subplot(nrows, ncols, index + 1, projection="3d")
+        axes.scatter(cloud[:, 0], cloud[:, 1], cloud[:, 2], s=point_size, c=cloud[:, 2], cmap="viridis", linewidths=0)
+        axes.set_xlim(-limit, limit), axes.set_ylim(-limit, limit), axes.set_zlim(-limit, limit)
+        axes.view_init(elev=20, azim=-60)
+        axes.set_axis_off()
+        if titles:
+            axes.set_title(titles[index], fontsize=8)
+    figure.tight_layout(pad=0.1)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)

@@ -1,0 +1,87 @@
+"""Point-cloud data: the procedural dataset (deterministic, cached, split per category) and users' files."""
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from vaekit.data.pointclouds import (
+    GENERATORS,
+    load_point_folder,
+    load_procedural,
+    normalize,
+    read_cloud,
+)
+from vaekit.errors import DataError
+
+
+def test_procedural_dataset_shapes_split_and_determinism(tmp_path):
+    data = load_procedural(shapes_per_category=10, num_points=256, cache_dir=tmp_path)
+    assert data.categories == tuple(GENERATORS)
+    assert data.train.shape == (40, 256, 3) and data.test.shape == (10, 256, 3)
+    assert torch.bincount(data.test_labels).tolist() == [2] * 5  # every category in the test split
+    again = load_procedural(shapes_per_category=10, num_points=256, cache_dir=tmp_path / "other")
+    assert torch.equal(data.train, again.train) and torch.equal(data.test_labels, again.test_labels)
+    norms = data.train.norm(dim=-1)
+    torch.testing.assert_close(norms.max(1).values, torch.ones(40))  # unit sphere
+    torch.testing.assert_close(data.train.mean(1), torch.zeros(40, 3), atol=1e-5, rtol=0)
+
+
+def test_procedural_dataset_is_cached(tmp_path):
+    load_procedural(shapes_per_category=4, num_points=64, cache_dir=tmp_path)
+    files = list((tmp_path / "pointclouds").glob("*.npz"))
+    assert len(files) == 1
+    cached = load_procedural(shapes_per_category=4, num_points=64, cache_dir=tmp_path)
+    assert str(files[0]) in cached.source
+
+
+def test_categories_differ_in_shape(tmp_path):
+    data = load_procedural(shapes_per_category=8, num_points=512, cache_dir=tmp_path, normalization="unit_box")
+    extents = (data.train.max(1).values - data.train.min(1).values)  # (N, 3)
+    per_category = torch.stack([extents[data.train_labels == c].mean(0) for c in range(5)])
+    airplane, lamp = per_category[0], per_category[2]
+    assert airplane[2] < 0.5 < lamp[2]  # flat airplanes, tall lamps
+    assert torch.all(data.train.abs() <= 0.5 + 1e-6)  # unit box fits [-0.5, 0.5]^3
+
+
+def test_normalize_modes():
+    points = np.array([[0, 0, 0], [2, 0, 0], [0, 4, 0]], dtype=np.float32)
+    box = normalize(points, "unit_box")
+    assert box.max(0)[1] - box.min(0)[1] == pytest.approx(1.0)
+    assert np.linalg.norm(normalize(points, "unit_sphere"), axis=1).max() == pytest.approx(1.0)
+
+
+def test_folder_of_points_and_meshes(tmp_path):
+    (tmp_path / "box").mkdir()
+    (tmp_path / "ball").mkdir()
+    trimesh.creation.box((1, 2, 3)).export(tmp_path / "box" / "a.off")
+    trimesh.creation.box((2, 1, 1)).export(tmp_path / "box" / "b.stl")
+    np.save(tmp_path / "ball" / "c.npy", np.random.default_rng(0).normal(size=(100, 3)))
+    np.savetxt(tmp_path / "ball" / "d.xyz", np.random.default_rng(1).normal(size=(50, 3)))
+    trimesh.creation.icosphere().export(tmp_path / "ball" / "e.obj")
+    data = load_point_folder(tmp_path, num_points=128, test_fraction=0.34)
+    assert data.categories == ("ball", "box")
+    assert len(data.train) + len(data.test) == 5 and data.train.shape[1:] == (128, 3)
+
+
+@pytest.mark.parametrize("content,message", [
+    (np.full((30, 3), np.nan), "NaN"),
+    (np.zeros((5, 3)), "only 5 points"),
+    (np.zeros((30, 2)), r"shape \(P, 3\)"),
+])
+def test_bad_point_files(tmp_path, content, message):
+    file = tmp_path / "bad.npy"
+    np.save(file, content)
+    with pytest.raises(DataError, match=message):
+        read_cloud(file, 64, seed=0)
+
+
+def test_unreadable_and_empty_files(tmp_path):
+    (tmp_path / "broken.npy").write_bytes(b"not numpy")
+    with pytest.raises(DataError, match="broken.npy: unreadable"):
+        read_cloud(tmp_path / "broken.npy", 64, seed=0)
+    (tmp_path / "empty.off").write_text("OFF\n0 0 0\n")
+    with pytest.raises(DataError, match="empty.off"):
+        read_cloud(tmp_path / "empty.off", 64, seed=0)
+    with pytest.raises(DataError, match="no such folder"):
+        load_point_folder(tmp_path / "missing")
