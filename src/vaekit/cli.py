@@ -83,7 +83,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     from vaekit.api import load
-    from vaekit.data import load_image_data
+    from vaekit.data import load_data
     from vaekit.evaluation import evaluate
     from vaekit.io import atomic_write_json
 
@@ -95,7 +95,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.num_images is not None:
         updates["num_images"] = args.num_images
     eval_config = config.eval.model_copy(update=updates)
-    results = evaluate(model, load_image_data(config.data), eval_config)
+    results = evaluate(model, load_data(config.data), eval_config)
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
     atomic_write_json(out, results)
     print(json.dumps(results, indent=2))
@@ -118,7 +118,7 @@ def _pictures(args: argparse.Namespace) -> int:
     import torch
 
     from vaekit.api import load
-    from vaekit.data import load_image_data
+    from vaekit.data import load_data
     from vaekit.evaluation import (
         interpolation_images,
         originals_over_reconstructions,
@@ -127,7 +127,7 @@ def _pictures(args: argparse.Namespace) -> int:
     from vaekit.viz import save_image_grid
 
     model = load(args.run_dir)
-    x = load_image_data(model.run_config.data).test[: args.num]
+    x = load_data(model.run_config.data).test[: args.num]
     with torch.inference_mode():
         if args.picture == "reconstruct":
             print(save_image_grid(originals_over_reconstructions(model, x), args.out))

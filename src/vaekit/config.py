@@ -7,7 +7,7 @@ resolved config is saved beside every checkpoint.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
@@ -32,6 +32,20 @@ class DataConfig(Section):
     test_binarize_seed: int = 1  # the one fixed binarisation of the test split used for evaluation
     max_train: int | None = Field(None, ge=1)  # keep only the first N training images (quick runs)
     max_test: int | None = Field(None, ge=1)  # keep only the first N test images
+
+
+class PointCloudDataConfig(Section):
+    """Which point clouds to train and evaluate on: the built-in procedural shapes or a user's folder."""
+
+    name: Literal["procedural", "point_folder"] = "procedural"
+    path: str | None = None  # point_folder: folder with one subfolder of shape files per category
+    num_points: int = Field(2048, ge=16)  # points per cloud
+    normalization: Literal["unit_sphere", "unit_box", "none"] = "unit_sphere"  # per cloud, recorded
+    shapes_per_category: int = Field(100, ge=2)  # procedural: shapes generated per category
+    categories: tuple[str, ...] = ("airplane", "chair", "lamp", "mug", "table")  # procedural categories
+    test_fraction: float = Field(0.2, gt=0, lt=1)  # share of each category held out as the test split
+    split_seed: int = 0  # fixes the shapes (procedural) and the split
+    cache_dir: str | None = None  # procedural cache; None = $VAEKIT_CACHE or ~/.cache/vaekit
 
 
 class ModelConfig(Section):
@@ -82,7 +96,7 @@ class RunConfig(Section):
     name: str = "run"  # run directory runs/<name>
     out_dir: str = "runs"  # parent folder of run directories
     parent: str | None = None  # run directory whose frozen model this run builds on
-    data: DataConfig = DataConfig()
+    data: Annotated[DataConfig | PointCloudDataConfig, Field(discriminator="name")] = DataConfig()
     model: SerializeAsAny[ModelConfig]
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
@@ -132,6 +146,7 @@ def dump_yaml(config: RunConfig) -> str:
 
 
 PRESET_DIR = Path(__file__).parent / "presets"
+_DATA_NAMES = ("digits", "fashion_mnist", "images", "procedural", "point_folder")
 DEFAULT_PRESET = "digits-vae"
 
 
@@ -174,7 +189,10 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
 def _explain(error: ValidationError, raw: dict[str, Any], source: str) -> str:
     lines = [f"invalid config ({source}):"]
     for item in error.errors():
-        location = ".".join(str(p) for p in item["loc"] if not str(p).startswith("function-"))
+        loc = [str(p) for p in item["loc"] if not str(p).startswith("function-")]
+        if len(loc) > 1 and loc[0] == "data" and loc[1] in _DATA_NAMES:
+            del loc[1]  # the tag pydantic adds for the data union
+        location = ".".join(loc)
         if item["type"] == "extra_forbidden":
             section = location.rpartition(".")[0]
             lines.append(f"  unknown key {location!r}; valid keys of {section or 'the top level'}: "
@@ -187,6 +205,10 @@ def _explain(error: ValidationError, raw: dict[str, Any], source: str) -> str:
 def _valid_keys(section: str, raw: dict[str, Any]) -> list[str]:
     model_class: type[BaseModel] = RunConfig
     for part in [p for p in section.split(".") if p]:
+        if part == "data" and model_class is RunConfig:
+            name = raw.get("data", {}).get("name", "digits") if isinstance(raw.get("data"), dict) else "digits"
+            model_class = PointCloudDataConfig if name in _DATA_NAMES[3:] else DataConfig
+            continue
         if part == "model" and model_class is RunConfig:
             from vaekit.models.registry import lookup
 

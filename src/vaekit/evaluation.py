@@ -8,25 +8,38 @@ from typing import Any
 import torch
 
 from vaekit.config import EvalConfig
-from vaekit.data import ImageData
+from vaekit.data import ImageData, PointCloudData
 from vaekit.latent_paths import slerp, traversal
 from vaekit.metrics.images import latent_scores, likelihood_scores, reconstruction_scores
+from vaekit.metrics.pointclouds import chamfer_reconstruction_scores
 from vaekit.models import GenerativeModel
-from vaekit.viz import save_image_grid
+from vaekit.viz import save_image_grid, save_point_cloud_grid
 
 
-def test_images(model: GenerativeModel, data: ImageData, config: EvalConfig) -> torch.Tensor:
+def test_images(model: GenerativeModel, data: ImageData | PointCloudData, config: EvalConfig) -> torch.Tensor:
+    """The first eval.num_images test examples (images or clouds), on the model's device."""
     x = data.test if config.num_images is None else data.test[: config.num_images]
     return x.to(model.device)
 
 
+def can_sample(model: GenerativeModel) -> bool:
+    """Whether the model generates new data (a plain auto-encoder does not)."""
+    return type(model).sample is not GenerativeModel.sample
+
+
 @torch.inference_mode()
-def evaluate(model: GenerativeModel, data: ImageData, config: EvalConfig) -> dict[str, Any]:
+def evaluate(model: GenerativeModel, data: ImageData | PointCloudData, config: EvalConfig) -> dict[str, Any]:
     """Scores of `model` on the test split: likelihood (latent-variable models), latents, reconstructions."""
     was_training = model.training
     model.eval()
     x = test_images(model, data, config)
     results: dict[str, Any] = {}
+    if isinstance(data, PointCloudData):
+        results |= chamfer_reconstruction_scores(model, x, config.images_per_chunk)
+        if hasattr(model, "extra_scores"):
+            results |= model.extra_scores(x)
+        model.train(was_training)
+        return results
     if hasattr(model, "log_weights"):
         spec = model.likelihood
         results |= likelihood_scores(model, x, config, is_discrete=spec.is_discrete, num_levels=data.num_levels)
@@ -39,6 +52,34 @@ def evaluate(model: GenerativeModel, data: ImageData, config: EvalConfig) -> dic
         results |= model.extra_scores(x)
     model.train(was_training)
     return results
+
+
+@torch.inference_mode()
+def write_pictures(model: GenerativeModel, data: ImageData | PointCloudData, run_dir: Path, step: int,
+                   config: EvalConfig) -> list[Path]:
+    """PNG pictures of the model at `step`: image grids or point-cloud renders."""
+    if isinstance(data, PointCloudData):
+        return write_point_cloud_renders(model, data, run_dir, step, config)
+    return write_image_grids(model, data, run_dir, step, config)
+
+
+@torch.inference_mode()
+def write_point_cloud_renders(model: GenerativeModel, data: PointCloudData, run_dir: Path, step: int,
+                              config: EvalConfig) -> list[Path]:
+    """reconstructions/ (5 test shapes above their reconstructions), interpolations/, samples/ if it samples."""
+    x = test_images(model, data, config)
+    picks = x[torch.linspace(0, len(x) - 1, 5).long()]  # spread over the (category-ordered) test split
+    written = [save_point_cloud_grid(torch.cat([picks, model.reconstruct(picks)]),
+                                     run_dir / "reconstructions" / f"step-{step}.png")]
+    if hasattr(model, "latent_codes") and hasattr(model, "decode_mean"):
+        codes = model.latent_codes(picks[[0, -1]])
+        t = torch.linspace(0, 1, 5, device=codes.device).unsqueeze(1)
+        path = codes[:1] + t * (codes[1:] - codes[:1])  # linear, as in Achlioptas et al. (fig. 3)
+        written.append(save_point_cloud_grid(model.decode_mean(path), run_dir / "interpolations" / f"step-{step}.png"))
+    if can_sample(model):
+        samples = model.sample(10, generator=torch.Generator().manual_seed(config.seed))
+        written.append(save_point_cloud_grid(samples, run_dir / "samples" / f"step-{step}.png"))
+    return written
 
 
 @torch.inference_mode()

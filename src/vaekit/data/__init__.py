@@ -1,5 +1,26 @@
-"""Data sets as in-memory tensors: images (digits, Fashion-MNIST, PNG folders, arrays)."""
+"""Data sets as in-memory tensors: images (digits, Fashion-MNIST, PNG folders, arrays) and point clouds."""
 
+from vaekit.config import DataConfig, PointCloudDataConfig
 from vaekit.data.images import ImageData, binarize, check_support, load_image_data, read_idx
+from vaekit.data.pointclouds import PointCloudData, load_point_folder, load_procedural
 
-__all__ = ["ImageData", "binarize", "check_support", "load_image_data", "read_idx"]
+__all__ = ["ImageData", "PointCloudData", "binarize", "check_support", "load_data", "load_image_data",
+           "load_point_folder", "load_procedural", "read_idx"]
+
+
+def load_data(config: DataConfig | PointCloudDataConfig) -> ImageData | PointCloudData:
+    """The data set a run's `data` section names."""
+    if isinstance(config, DataConfig):
+        return load_image_data(config)
+    if config.name == "procedural":
+        return load_procedural(
+            shapes_per_category=config.shapes_per_category, num_points=config.num_points,
+            test_fraction=config.test_fraction, seed=config.split_seed, normalization=config.normalization,
+            categories=config.categories, cache_dir=config.cache_dir,
+        )
+    if config.path is None:
+        from vaekit.errors import ConfigError
+
+        raise ConfigError("data.path must name a folder for data.name=point_folder")
+    return load_point_folder(config.path, num_points=config.num_points, normalization=config.normalization,
+                             test_fraction=config.test_fraction, seed=config.split_seed)

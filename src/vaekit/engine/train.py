@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from vaekit.api import build_run_model, with_parent_data
 from vaekit.batch import Batch, step_generator
 from vaekit.config import RunConfig, TrainConfig, config_to_dict
-from vaekit.data import ImageData, binarize, check_support, load_image_data
+from vaekit.data import ImageData, PointCloudData, binarize, check_support, load_data
 from vaekit.engine.checkpoint import (
     list_checkpoints,
     load_model_weights,
@@ -40,7 +40,7 @@ from vaekit.engine.rundir import (
     write_run_files,
 )
 from vaekit.errors import CheckpointError, ConfigError, TrainingDivergedError
-from vaekit.evaluation import evaluate, write_image_grids
+from vaekit.evaluation import evaluate, write_pictures
 from vaekit.models import GenerativeModel
 
 
@@ -55,7 +55,7 @@ def train(
     ctx = init_distributed(config.train.device)
     if config.train.num_threads is not None:
         torch.set_num_threads(config.train.num_threads)
-    data = load_image_data(config.data)
+    data = load_data(config.data)
     config = resolve_config(config, data)
     _check_data(config, data)
     trainer = Trainer(config, data, ctx, quiet=quiet)
@@ -64,33 +64,38 @@ def train(
     return run_dir
 
 
-def resolve_config(config: RunConfig, data: ImageData) -> RunConfig:
-    """Fill what the data decides (the model's image shape) and check what must agree with it."""
+def resolve_config(config: RunConfig, data: ImageData | PointCloudData) -> RunConfig:
+    """Fill what the data decides (image shape, points per cloud) and check what must agree with it."""
     model = config.model
-    if "image_shape" in type(model).model_fields:
-        shape = model.image_shape
-        if shape is None:
-            model = model.model_copy(update={"image_shape": data.image_shape})
-        elif tuple(shape) != data.image_shape:
-            raise ConfigError(
-                f"model.image_shape is {tuple(shape)} but the {data.name} data ({data.source}) has images of "
-                f"shape {data.image_shape} (C, H, W); remove model.image_shape or choose matching data"
-            )
+    if isinstance(data, ImageData):
+        key, value, other, kind = "image_shape", data.image_shape, "num_points", "images"
+    else:
+        key, value, other, kind = "num_points", data.train.shape[1], "image_shape", "point clouds"
+    fields = type(model).model_fields
+    if key not in fields and other in fields:
+        raise ConfigError(f"model {model.name!r} does not work on {kind} ({data.source}); choose matching data")
+    if key in fields:
+        given = getattr(model, key)
+        if given is None:
+            model = model.model_copy(update={key: value})
+        elif (tuple(given) if isinstance(given, (list, tuple)) else given) != value:
+            raise ConfigError(f"model.{key} is {given} but the data ({data.source}) has {value}; "
+                              f"remove model.{key} or choose matching data")
     if config.train.batch_size > data.train.shape[0]:
         raise ConfigError(
-            f"train.batch_size={config.train.batch_size} exceeds the {data.train.shape[0]} training images"
+            f"train.batch_size={config.train.batch_size} exceeds the {data.train.shape[0]} training examples"
         )
     return config.model_copy(update={"model": model})
 
 
-def _check_data(config: RunConfig, data: ImageData) -> None:
+def _check_data(config: RunConfig, data: ImageData | PointCloudData) -> None:
     """Training and test pixels must lie in the likelihood's support (fail before any step)."""
     likelihood = getattr(config.model, "likelihood", None)
-    if likelihood is None:
+    if likelihood is None or not isinstance(data, ImageData):
         return
     num_bins = getattr(config.model, "num_bins", 256)
     check_support(data.test, likelihood=likelihood, num_bins=num_bins, source=f"{data.source} (test split)")
-    train_likelihood = "gaussian" if config.data.binarize == "dynamic" else likelihood
+    train_likelihood = "gaussian" if _binarize(config) == "dynamic" else likelihood
     check_support(data.train, likelihood=train_likelihood, num_bins=num_bins, source=f"{data.source} (train split)")
 
 
@@ -187,7 +192,7 @@ class WeightEMA:
 class Trainer:
     """Runs one RunConfig; holds the model, optimisers and the run directory."""
 
-    def __init__(self, config: RunConfig, data: ImageData, ctx: DistContext, *, quiet: bool) -> None:
+    def __init__(self, config: RunConfig, data: ImageData | PointCloudData, ctx: DistContext, *, quiet: bool) -> None:
         self.config, self.data, self.ctx, self.quiet = config, data, ctx, quiet
         self.train_cfg = config.train
         torch.manual_seed(self.train_cfg.seed)
@@ -305,7 +310,7 @@ class Trainer:
         """A model with no parameter groups is fitted once on the whole training split (step 1)."""
         if self.step == 0 and self.ctx.is_main:
             x = self.train_x
-            if self.config.data.binarize == "dynamic":
+            if _binarize(self.config) == "dynamic":
                 x = binarize(x, step_generator(self.train_cfg.seed, 0, self.ctx.device))
             self.step = 1
             self._log("train", self.model.fit(x))
@@ -318,7 +323,7 @@ class Trainer:
         x = self.train_x[self.order.indices(step).to(self.ctx.device)]
         generator = step_generator(self.train_cfg.seed, step, self.ctx.device)
         batch = Batch(x=x, generator=generator, rank=self.ctx.rank, world_size=self.ctx.world_size)
-        if self.config.data.binarize == "dynamic":
+        if _binarize(self.config) == "dynamic":
             x = (batch.rand(*x.shape) < x).to(x.dtype)  # Bernoulli(x), one draw per pixel per step
             batch = Batch(x=x, generator=generator, rank=self.ctx.rank, world_size=self.ctx.world_size)
         return batch
@@ -365,7 +370,7 @@ class Trainer:
             return
         with self._eval_weights():
             results = evaluate(self.model, self.data, self.config.eval)
-            write_image_grids(self.model, self.data, self.run_dir, self.step, self.config.eval)
+            write_pictures(self.model, self.data, self.run_dir, self.step, self.config.eval)
         scalars = {k: v for k, v in results.items() if isinstance(v, (int, float))}
         if not self.quiet:
             tqdm.write(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))
@@ -388,6 +393,11 @@ class Trainer:
                 ema=self.ema.shadow if self.ema else None, extra=extra, keep=self.train_cfg.keep_checkpoints,
             )
         self.ctx.barrier()
+
+
+def _binarize(config: RunConfig) -> str:
+    """The data's binarisation mode ("none" for data that has none, such as point clouds)."""
+    return getattr(config.data, "binarize", "none")
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
