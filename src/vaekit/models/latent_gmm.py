@@ -46,8 +46,7 @@ class LatentGMM(GenerativeModel):
             if not hasattr(parent, needed):
                 raise ConfigError(f"latent-gmm needs a parent with `{needed}`; {parent.config.name!r} has none")
         self.__dict__["parent"] = parent  # not a submodule: frozen, not saved with this model
-        dim = parent.latent_codes(torch.zeros(1, *parent.config.image_shape, device=parent.device)).shape[1]
-        self.mixture = GaussianMixture(self.config.num_components, dim).to(parent.device)
+        self.mixture = GaussianMixture(self.config.num_components, parent.config.latent_dim).to(parent.device)
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         return {}
