@@ -26,6 +26,8 @@ TINY = {
             {"image_shape": (3, 8, 8), "latent_dim": 3, "hidden_dims": (16,), "likelihood": "gaussian",
              "gaussian_std": None, "iwae_samples": 3}],
     "latent-gmm": [{"num_components": 2}],  # parent: a tiny VAE (PARENT)
+    "latent-gan": [{"noise_dim": 4, "generator_hidden_dims": (8,), "discriminator_hidden_dims": (8,)},
+                   {"noise_dim": 4, "generator_hidden_dims": (8,), "discriminator_hidden_dims": (8,), "loss": "wgan-gp"}],
     "pointcloud-ae": [{"num_points": 32, "latent_dim": 8, "encoder_channels": (8, 16), "decoder_hidden_dims": (16,)}],
     "wae-mmd": [{"image_shape": (1, 8, 8), "latent_dim": 3, "architecture": "mlp", "hidden_dims": (16,)},
                 {"image_shape": (1, 8, 8), "latent_dim": 3, "conv_channels": (4, 8), "hidden_dims": (16,),

@@ -31,3 +31,18 @@ def test_pointcloud_ae_trains_on_procedural_shapes(tmp_path):
     assert (run_dir / "reconstructions/step-150.png").is_file() and (run_dir / "interpolations/step-150.png").is_file()
     model = vaekit.load(run_dir)
     assert model.config.num_points == 256 and model.latent_codes(torch.randn(2, 256, 3)).shape == (2, 32)
+
+
+def test_latent_gan_and_gmm_sample_clouds_through_the_frozen_ae(tmp_path):
+    parent = vaekit.train(load_config("pointcloud-ae", [
+        f"out_dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}", "data.shapes_per_category=6",
+        "data.num_points=128", "model.latent_dim=8", "train.steps=20", "train.batch_size=8",
+        "train.eval_every=20", "train.checkpoint_every=20", "train.num_threads=1"]), quiet=True)
+    for preset, extra in [("pointcloud-latent-gan", ["model.loss=wgan-gp", "train.steps=6", "train.eval_every=6",
+                                                     "train.checkpoint_every=6", "train.batch_size=8"]),
+                          ("pointcloud-latent-gmm", ["model.num_components=2"])]:
+        run_dir = vaekit.train(load_config(preset, [f"out_dir={tmp_path}", f"parent={parent}", *extra]), quiet=True)
+        model = vaekit.load(run_dir)
+        clouds = model.sample(3, generator=torch.Generator().manual_seed(0))
+        assert clouds.shape == (3, 128, 3) and torch.isfinite(clouds).all()
+        assert list((run_dir / "samples").glob("*.png"))

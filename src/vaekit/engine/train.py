@@ -81,10 +81,6 @@ def resolve_config(config: RunConfig, data: ImageData | PointCloudData) -> RunCo
         elif (tuple(given) if isinstance(given, (list, tuple)) else given) != value:
             raise ConfigError(f"model.{key} is {given} but the data ({data.source}) has {value}; "
                               f"remove model.{key} or choose matching data")
-    if config.train.batch_size > data.train.shape[0]:
-        raise ConfigError(
-            f"train.batch_size={config.train.batch_size} exceeds the {data.train.shape[0]} training examples"
-        )
     return config.model_copy(update={"model": model})
 
 
@@ -118,6 +114,8 @@ class DataOrder:
             raise ConfigError(
                 f"train.batch_size={self.global_batch} must be divisible by the {self.world_size} processes"
             )
+        if self.global_batch > self.num_examples:
+            raise ConfigError(f"train.batch_size={self.global_batch} exceeds the {self.num_examples} training examples")
         self.local_batch = self.global_batch // self.world_size
         self.steps_per_epoch = self.num_examples // self.global_batch
         self._sampler = DistributedSampler(
@@ -208,7 +206,7 @@ class Trainer:
         self.order = DataOrder(
             num_examples=self.train_x.shape[0], global_batch=self.train_cfg.batch_size,
             rank=ctx.rank, world_size=ctx.world_size, seed=self.train_cfg.seed,
-        )
+        ) if self.optimizers else None  # models fitted without gradients take the whole split at once
 
     def open_run_dir(self, *, resume: bool, force: bool) -> Path:
         path = run_dir_of(self.config)
