@@ -46,3 +46,16 @@ def test_latent_gan_and_gmm_sample_clouds_through_the_frozen_ae(tmp_path):
         clouds = model.sample(3, generator=torch.Generator().manual_seed(0))
         assert clouds.shape == (3, 128, 3) and torch.isfinite(clouds).all()
         assert list((run_dir / "samples").glob("*.png"))
+
+
+def test_cli_pictures_for_point_clouds(tmp_path):
+    from vaekit.cli import main
+
+    run_dir = vaekit.train(load_config("pointcloud-ae", [
+        f"out_dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}", "data.shapes_per_category=4",
+        "data.num_points=64", "model.latent_dim=8", "train.steps=2", "train.batch_size=8",
+        "train.eval_every=2", "train.checkpoint_every=2", "train.num_threads=1"]), quiet=True)
+    for command in ("reconstruct", "interpolate"):
+        out = tmp_path / f"{command}.png"
+        assert main([command, str(run_dir), "--out", str(out)]) == 0 and out.stat().st_size > 1000
+    assert main(["traverse", str(run_dir), "--out", str(tmp_path / "t.png")]) == 2

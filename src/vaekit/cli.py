@@ -118,7 +118,7 @@ def _pictures(args: argparse.Namespace) -> int:
     import torch
 
     from vaekit.api import load
-    from vaekit.data import load_data
+    from vaekit.data import PointCloudData, load_data
     from vaekit.evaluation import (
         interpolation_images,
         originals_over_reconstructions,
@@ -127,7 +127,10 @@ def _pictures(args: argparse.Namespace) -> int:
     from vaekit.viz import save_image_grid
 
     model = load(args.run_dir)
-    x = load_data(model.run_config.data).test[: args.num]
+    data = load_data(model.run_config.data)
+    x = data.test[: args.num]
+    if isinstance(data, PointCloudData):
+        return _point_cloud_pictures(model, x, args)
     with torch.inference_mode():
         if args.picture == "reconstruct":
             print(save_image_grid(originals_over_reconstructions(model, x), args.out))
@@ -135,6 +138,24 @@ def _pictures(args: argparse.Namespace) -> int:
             print(save_image_grid(traversal_images(model, x[:1]), args.out, nrow=11))
         else:
             print(save_image_grid(interpolation_images(model, x, pairs=max(1, args.num // 2)), args.out, nrow=10))
+    return 0
+
+
+def _point_cloud_pictures(model: Any, clouds: Any, args: argparse.Namespace) -> int:
+    import torch
+
+    from vaekit.errors import ConfigError
+    from vaekit.evaluation import linear_interpolation
+    from vaekit.viz import save_point_cloud_grid
+
+    with torch.inference_mode():
+        if args.picture == "reconstruct":
+            picks = clouds[:5]
+            print(save_point_cloud_grid(torch.cat([picks, model.reconstruct(picks)]), args.out, ncols=len(picks)))
+        elif args.picture == "interpolate":
+            print(save_point_cloud_grid(linear_interpolation(model, clouds[0], clouds[-1]), args.out))
+        else:
+            raise ConfigError("traverse draws image models' latent dimensions; for point clouds use interpolate")
     return 0
 
 

@@ -72,14 +72,19 @@ def write_point_cloud_renders(model: GenerativeModel, data: PointCloudData, run_
     written = [save_point_cloud_grid(torch.cat([picks, model.reconstruct(picks)]),
                                      run_dir / "reconstructions" / f"step-{step}.png")]
     if hasattr(model, "latent_codes") and hasattr(model, "decode_mean"):
-        codes = model.latent_codes(picks[[0, -1]])
-        t = torch.linspace(0, 1, 5, device=codes.device).unsqueeze(1)
-        path = codes[:1] + t * (codes[1:] - codes[:1])  # linear, as in Achlioptas et al. (fig. 3)
-        written.append(save_point_cloud_grid(model.decode_mean(path), run_dir / "interpolations" / f"step-{step}.png"))
+        written.append(save_point_cloud_grid(linear_interpolation(model, picks[0], picks[-1]),
+                                             run_dir / "interpolations" / f"step-{step}.png"))
     if can_sample(model):
         samples = model.sample(10, generator=torch.Generator().manual_seed(config.seed))
         written.append(save_point_cloud_grid(samples, run_dir / "samples" / f"step-{step}.png"))
     return written
+
+
+def linear_interpolation(model: GenerativeModel, start: torch.Tensor, end: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Decode codes on the segment between two inputs' codes (Achlioptas et al. 2018, fig. 3): (steps, ...)."""
+    codes = model.latent_codes(torch.stack([start, end]))
+    t = torch.linspace(0, 1, steps, device=codes.device).unsqueeze(1)
+    return model.decode_mean(codes[:1] + t * (codes[1:] - codes[:1]))
 
 
 @torch.inference_mode()
