@@ -144,7 +144,7 @@ def earth_movers_distance(x: Tensor, y: Tensor, *, max_iterations: int = 10_000_
         raise ValueError(f"Expected two clouds of the same shape (P, D), got {tuple(x.shape)} and {tuple(y.shape)}")
     cost = torch.cdist(x.double(), y.double(), compute_mode="donot_use_mm_for_euclid_dist").cpu().numpy()  # (P, P)
     weights = np.full(len(cost), 1.0 / len(cost))
-    plan, log = ot.emd(weights, weights, cost, numItermax=max_iterations, log=True)
+    _, log = ot.emd(weights, weights, cost, numItermax=max_iterations, log=True)
     if log["result_code"] != 1:
         raise RuntimeError(f"EMD solver did not reach the optimum: {log['warning']} (raise max_iterations)")
     return float(log["cost"])
