@@ -37,6 +37,11 @@ def rbf_kernel(squared_distances: Tensor, *, bandwidth: float | Tensor) -> Tenso
     return torch.exp(-squared_distances / (2.0 * bandwidth**2))
 
 
+def polynomial_kernel(x: Tensor, y: Tensor) -> Tensor:
+    """Cubic kernel k(x, y) = (x.y / d + 1)^3 of KID (Binkowski et al. 2018): (N, D), (M, D) -> (N, M)."""
+    return (x @ y.T / x.shape[1] + 1.0) ** 3
+
+
 def median_bandwidth(squared_distances: Tensor) -> Tensor:
     """Median heuristic (Gretton et al. 2012): h = median pairwise distance, off-diagonal pairs only.
 
@@ -47,7 +52,20 @@ def median_bandwidth(squared_distances: Tensor) -> Tensor:
     return torch.quantile(squared_distances[off_diagonal].sqrt(), 0.5).detach()  # NumPy's median convention
 
 
-def mmd_unbiased(x: Tensor, y: Tensor, *, kernel: Literal["imq", "rbf"], prior_variance: float = 1.0,
+def kernel_matrix(points: Tensor, *, kernel: Literal["imq", "rbf", "polynomial"], prior_variance: float = 1.0,
+                  bandwidth: float | None = None) -> Tensor:
+    """Gram matrix k(p_i, p_j) of points (N, D) for the named kernel: (N, N)."""
+    if kernel == "polynomial":
+        return polynomial_kernel(points, points)
+    squared = pairwise_squared_distances(points, points)
+    if kernel == "imq":
+        return imq_kernel(squared, latent_dim=points.shape[1], prior_variance=prior_variance)
+    if kernel == "rbf":
+        return rbf_kernel(squared, bandwidth=bandwidth if bandwidth is not None else median_bandwidth(squared))
+    raise NotImplementedError(kernel)
+
+
+def mmd_unbiased(x: Tensor, y: Tensor, *, kernel: Literal["imq", "rbf", "polynomial"], prior_variance: float = 1.0,
                  bandwidth: float | None = None) -> Tensor:
     """Unbiased U-statistic of MMD^2 (Gretton et al. 2012, eq. (3)), diagonal terms excluded; a scalar.
 
@@ -59,14 +77,7 @@ def mmd_unbiased(x: Tensor, y: Tensor, *, kernel: Literal["imq", "rbf"], prior_v
     n, m = x.shape[0], y.shape[0]
     if n < 2 or m < 2:
         raise ValueError("the unbiased MMD needs at least 2 samples on each side")
-    joint = torch.cat([x, y])
-    squared = pairwise_squared_distances(joint, joint)  # (n+m, n+m)
-    if kernel == "imq":
-        gram = imq_kernel(squared, latent_dim=x.shape[1], prior_variance=prior_variance)
-    elif kernel == "rbf":
-        gram = rbf_kernel(squared, bandwidth=bandwidth if bandwidth is not None else median_bandwidth(squared))
-    else:
-        raise NotImplementedError(kernel)
+    gram = kernel_matrix(torch.cat([x, y]), kernel=kernel, prior_variance=prior_variance, bandwidth=bandwidth)
     k_xx, k_yy, k_xy = gram[:n, :n], gram[n:, n:], gram[:n, n:]
     within_x = (k_xx.sum() - k_xx.diagonal().sum()) / (n * (n - 1))
     within_y = (k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
