@@ -189,3 +189,19 @@ def test_fp16_on_cpu_is_refused_with_a_hint(tmp_path):
     with pytest.raises(ConfigError, match="bf16"):
         vaekit.train(tiny_config(tmp_path, "train.precision=fp16", "train.device=cpu"), quiet=True)
     assert not (tmp_path / "tiny").exists()  # refused before anything was written
+
+
+def test_atomic_writes_leave_no_temp_files_and_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    from vaekit.io import atomic_write_text
+
+    target = tmp_path / "file.txt"
+    atomic_write_text(target, "one")
+    atomic_write_text(target, "two")
+    assert target.read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
