@@ -34,7 +34,7 @@ def _current_umask() -> int:
     return mask
 
 
-_UMASK = _current_umask()
+_UMASK = _current_umask()  # read once at import (os.umask can only be read by setting it)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
