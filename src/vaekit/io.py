@@ -19,7 +19,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+        os.chmod(tmp, 0o666 & ~UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -34,7 +34,7 @@ def _current_umask() -> int:
     return mask
 
 
-_UMASK = _current_umask()  # read once at import (os.umask can only be read by setting it)
+UMASK = _current_umask()  # read once at import (os.umask can only be read by setting it)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from vaekit.errors import CheckpointError
-from vaekit.io import _UMASK, atomic_write_bytes, atomic_write_json
+from vaekit.io import UMASK, atomic_write_bytes, atomic_write_json
 
 FORMAT_VERSION = 1
 STATE_FILE = "state.json"
@@ -44,7 +44,7 @@ def save_checkpoint(
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"step-{step}"
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=f".step-{step}.", suffix=".tmp"))
-    os.chmod(staging, 0o777 & ~_UMASK)  # mkdtemp creates 0700
+    os.chmod(staging, 0o777 & ~UMASK)  # mkdtemp creates 0700
     try:
         files = {"model.safetensors": _tensors(model.state_dict())}
         optimizer_meta: dict[str, Any] = {}
