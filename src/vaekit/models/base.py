@@ -86,6 +86,36 @@ class GenerativeModel(nn.Module):
         return next(iter(self.state_dict().values())).device
 
 
+class LatentSpaceModel(GenerativeModel):
+    """A two-stage model over a frozen auto-encoder's codes (latent GMM, latent GAN, code priors).
+
+    The parent must expose `latent_codes(x) -> (B, k)` and `decode_mean(z) -> x`; the child builds its
+    own layers once k is known (`build_for_latent_dim`) and reconstructs through the parent.
+    """
+
+    requires_parent = True
+
+    def attach_parent(self, parent: GenerativeModel) -> None:
+        for needed in ("latent_codes", "decode_mean"):
+            if not hasattr(parent, needed):
+                raise ConfigError(f"{self.config.name} needs a parent with `{needed}`; {parent.config.name!r} has none")
+        self.__dict__["parent"] = parent  # not a submodule: frozen, not saved with this model
+        self.build_for_latent_dim(parent.config.latent_dim)
+        self.to(parent.device)
+
+    def build_for_latent_dim(self, latent_dim: int) -> None:
+        """Create the layers or buffers that depend on the parent's code size k."""
+        raise NotImplementedError
+
+    def parent_codes(self, x: Tensor) -> Tensor:
+        """The frozen parent's codes of x, without gradients: (B, k)."""
+        with torch.no_grad():
+            return self.parent.latent_codes(x).float()
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.parent.reconstruct(x)
+
+
 def freeze(model: GenerativeModel) -> GenerativeModel:
     """A parent model as a child uses it: eval mode, no gradients."""
     model.eval()

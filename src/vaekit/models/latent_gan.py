@@ -18,8 +18,7 @@ from torch import Tensor, nn
 
 from vaekit.batch import Batch
 from vaekit.config import ModelConfig
-from vaekit.errors import ConfigError
-from vaekit.models.base import GenerativeModel, Losses
+from vaekit.models.base import LatentSpaceModel, Losses
 from vaekit.models.registry import register_model
 from vaekit.nn.image_nets import mlp
 
@@ -38,27 +37,16 @@ class LatentGANConfig(ModelConfig):
 
 
 @register_model("latent-gan", LatentGANConfig)
-class LatentGAN(GenerativeModel):
+class LatentGAN(LatentSpaceModel):
     """codes of the frozen parent are the real data; generated codes are decoded by the parent."""
 
     config: LatentGANConfig
-    requires_parent = True
 
-    def __init__(self, config: LatentGANConfig) -> None:
-        super().__init__(config)
-        self.generator: nn.Module | None = None
-        self.discriminator: nn.Module | None = None
-
-    def attach_parent(self, parent: GenerativeModel) -> None:
-        for needed in ("latent_codes", "decode_mean"):
-            if not hasattr(parent, needed):
-                raise ConfigError(f"latent-gan needs a parent with `{needed}`; {parent.config.name!r} has none")
-        self.__dict__["parent"] = parent  # not a submodule: frozen, not saved with this model
-        k = parent.config.latent_dim
-        self.generator = mlp([self.config.noise_dim, *self.config.generator_hidden_dims, k], "relu").to(parent.device)
+    def build_for_latent_dim(self, latent_dim: int) -> None:
+        self.generator = mlp([self.config.noise_dim, *self.config.generator_hidden_dims, latent_dim], "relu")
         self.discriminator = nn.Sequential(
-            mlp([k, *self.config.discriminator_hidden_dims, 1], "relu"), nn.Flatten(0)
-        ).to(parent.device)
+            mlp([latent_dim, *self.config.discriminator_hidden_dims, 1], "relu"), nn.Flatten(0)
+        )
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         return {"discriminator": list(self.discriminator.parameters()), "generator": list(self.generator.parameters())}
@@ -71,8 +59,7 @@ class LatentGAN(GenerativeModel):
         return self.config.noise_std * batch.randn(batch.size, self.config.noise_dim)
 
     def loss(self, batch: Batch, *, group: str = "model", step: int = 0) -> Losses:
-        with torch.no_grad():
-            real = self.parent.latent_codes(batch.x).float()  # (B, k)
+        real = self.parent_codes(batch.x)  # (B, k)
         fake = self.generator(self._noise(batch))  # (B, k)
         if group == "discriminator":
             return self._discriminator_loss(real, fake.detach(), batch)
@@ -106,6 +93,3 @@ class LatentGAN(GenerativeModel):
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         noise = self.config.noise_std * torch.randn(num_samples, self.config.noise_dim, generator=generator)
         return self.parent.decode_mean(self.generator(noise.to(self.parent.device)))
-
-    def reconstruct(self, x: Tensor) -> Tensor:
-        return self.parent.reconstruct(x)

@@ -13,8 +13,7 @@ from pydantic import Field
 from torch import Tensor
 
 from vaekit.config import ModelConfig
-from vaekit.errors import ConfigError
-from vaekit.models.base import GenerativeModel
+from vaekit.models.base import LatentSpaceModel
 from vaekit.models.registry import register_model
 from vaekit.priors import GaussianMixture
 
@@ -31,40 +30,26 @@ class LatentGMMConfig(ModelConfig):
 
 
 @register_model("latent-gmm", LatentGMMConfig)
-class LatentGMM(GenerativeModel):
+class LatentGMM(LatentSpaceModel):
     """z ~ GMM fitted on the parent's codes of the training split; x = parent's decoder mean at z."""
 
     config: LatentGMMConfig
-    requires_parent = True
 
-    def __init__(self, config: LatentGMMConfig) -> None:
-        super().__init__(config)
-        self.mixture: GaussianMixture | None = None
-
-    def attach_parent(self, parent: GenerativeModel) -> None:
-        for needed in ("latent_codes", "decode_mean"):
-            if not hasattr(parent, needed):
-                raise ConfigError(f"latent-gmm needs a parent with `{needed}`; {parent.config.name!r} has none")
-        self.__dict__["parent"] = parent  # not a submodule: frozen, not saved with this model
-        self.mixture = GaussianMixture(self.config.num_components, parent.config.latent_dim).to(parent.device)
+    def build_for_latent_dim(self, latent_dim: int) -> None:
+        self.mixture = GaussianMixture(self.config.num_components, latent_dim)
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         return {}
 
     def _codes(self, x: Tensor) -> Tensor:
-        with torch.inference_mode():
-            return torch.cat([self.parent.latent_codes(c) for c in x.split(self.config.codes_per_chunk)])
+        return torch.cat([self.parent_codes(c) for c in x.split(self.config.codes_per_chunk)])
 
     def fit(self, x: Tensor) -> dict[str, float]:
-        assert self.mixture is not None, "attach_parent first"
         return self.mixture.fit(self._codes(x), max_iter=self.config.max_iter, seed=self.config.seed,
                                 reg_covar=self.config.reg_covar)
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         return self.parent.decode_mean(self.mixture.sample(num_samples, generator))
-
-    def reconstruct(self, x: Tensor) -> Tensor:
-        return self.parent.reconstruct(x)
 
     def extra_scores(self, x: Tensor) -> dict[str, float]:
         """Mean log-density of the test split's codes under the mixture (nats per image)."""
