@@ -53,3 +53,32 @@ def test_shipped_classifier_reaches_its_recorded_accuracy():
     assert accuracy == pytest.approx(features.classifier_card()["test_accuracy"], abs=0.02)
     assert accuracy > 0.88
     assert features.classifier_features(data.test[:10]).shape == (10, 128)
+
+
+@pytest.mark.skipif(not features.CLASSIFIER_WEIGHTS.is_file(), reason="classifier not trained yet")
+def test_eval_scores_fashion_samples_by_fd_and_kid(tmp_path):
+    import vaekit
+    from vaekit.config import load_config
+    from vaekit.data import load_image_data
+    from vaekit.errors import DataError
+    from vaekit.evaluation import sample_quality
+
+    try:
+        load_image_data(load_config("fashion-mnist-vae").data.model_copy(update={"max_train": 10, "max_test": 10}))
+    except DataError:
+        pytest.skip("Fashion-MNIST is not installed")
+    run_dir = vaekit.train(load_config("fashion-mnist-vae", [
+        f"out_dir={tmp_path}", "data.max_train=500", "data.max_test=500", "model.architecture=mlp",
+        "model.hidden_dims=[64]", "model.latent_dim=4", "train.steps=30", "train.batch_size=50",
+        "train.precision=fp32", "train.eval_every=30", "train.checkpoint_every=30", "train.num_threads=1",
+        "eval.num_importance_samples=5", "eval.num_images=50", "eval.sample_quality_samples=500"]), quiet=True)
+    model = vaekit.load(run_dir)
+    data = load_image_data(model.run_config.data)
+    assert data.test_grey is not None and not torch.equal(data.test_grey, data.test)
+    scores = sample_quality(model, data, 500, seed=0)
+    assert scores["fd_classifier"] > 0 and np.isfinite(scores["kid_classifier"])
+    # the real test images against themselves score ~0: the metric can tell good from bad
+    half = data.test_grey[:250], data.test_grey[250:]
+    assert frechet_distance(features.classifier_features(half[0]), features.classifier_features(half[1])) < scores["fd_classifier"]
+    record = [line for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"test"' in line][-1]
+    assert "fd_classifier" in record

@@ -88,6 +88,7 @@ class EvalConfig(Section):
     active_unit_threshold: float = 0.01  # Burda et al. 2016: Cov_x(E_q[z_j]) > threshold
     seed: int = 1234  # importance-sampling draws
     num_grid_images: int = Field(64, ge=1)  # samples / reconstructions per PNG grid
+    sample_quality_samples: int = Field(0, ge=0)  # Fashion-MNIST: FD/KID of this many samples (10000); 0 = off
 
 
 class RunConfig(Section):

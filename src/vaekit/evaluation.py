@@ -9,6 +9,7 @@ import torch
 
 from vaekit.config import EvalConfig
 from vaekit.data import ImageData, PointCloudData
+from vaekit.errors import ConfigError
 from vaekit.latent_paths import slerp, traversal
 from vaekit.metrics.images import latent_scores, likelihood_scores, reconstruction_scores
 from vaekit.metrics.pointclouds import chamfer_reconstruction_scores
@@ -50,8 +51,32 @@ def evaluate(model: GenerativeModel, data: ImageData | PointCloudData, config: E
     results |= reconstruction_scores(model, x, config.images_per_chunk)
     if hasattr(model, "extra_scores"):
         results |= model.extra_scores(x)
+    if config.sample_quality_samples and can_sample(model):
+        results |= sample_quality(model, data, config.sample_quality_samples, seed=config.seed)
     model.train(was_training)
     return results
+
+
+@torch.inference_mode()
+def sample_quality(model: GenerativeModel, data: ImageData, num_samples: int, *, seed: int) -> dict[str, float]:
+    """FD and KID between decoder-mean samples and the grey-level test split, in vaekit's Fashion-MNIST
+    classifier features ("FD in vaekit's Fashion-MNIST classifier features", not Inception FID)."""
+    if data.name != "fashion_mnist":
+        raise ConfigError("eval.sample_quality_samples scores Fashion-MNIST runs only (its classifier's features)")
+    from vaekit.metrics.features import (
+        classifier_features,
+        frechet_distance,
+        kernel_inception_distance,
+    )
+
+    generator = torch.Generator().manual_seed(seed)
+    samples = torch.cat([model.sample(min(1000, num_samples - done), generator=generator).cpu()
+                         for done in range(0, num_samples, 1000)])
+    reference = data.test_grey if data.test_grey is not None else data.test
+    fake, real = classifier_features(samples), classifier_features(reference.cpu())
+    kid, kid_std = kernel_inception_distance(fake, real, seed=seed)
+    return {"fd_classifier": frechet_distance(fake, real), "kid_classifier": kid, "kid_classifier_std": kid_std,
+            "sample_quality_samples": num_samples}
 
 
 @torch.inference_mode()

@@ -57,6 +57,7 @@ class ImageData:
     num_levels: int  # intensity levels: 17 for digits, 256 for 8-bit images, 2 once binarised
     name: str  # "digits", "fashion_mnist" or "images"
     source: str  # where the images came from: DIGITS_SOURCE or a file/folder path
+    test_grey: Tensor | None = None  # (M, C, H, W) the test split before binarisation; None if not binarised
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -215,7 +216,7 @@ def _binarize_splits(data: ImageData, config: DataConfig) -> ImageData:
     if config.binarize == "static":
         seed = config.split_seed + STATIC_TRAIN_SEED_OFFSET
         train = binarize(train, torch.Generator().manual_seed(seed))
-    return replace(data, train=train, test=test, num_levels=2)
+    return replace(data, train=train, test=test, test_grey=data.test, num_levels=2)
 
 
 def _keep_first(data: ImageData, config: DataConfig) -> ImageData:
@@ -223,6 +224,7 @@ def _keep_first(data: ImageData, config: DataConfig) -> ImageData:
         data,
         train=data.train[: config.max_train],
         test=data.test[: config.max_test],
+        test_grey=None if data.test_grey is None else data.test_grey[: config.max_test],
         train_labels=None if data.train_labels is None else data.train_labels[: config.max_train],
         test_labels=None if data.test_labels is None else data.test_labels[: config.max_test],
     )

@@ -65,10 +65,15 @@ def classifier_features(images: Tensor, classifier: FashionClassifier | None = N
 
 
 def frechet_distance(features_a: Tensor, features_b: Tensor) -> float:
-    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2}) between Gaussian fits (Heusel et al. 2017, eq. 6)."""
+    """||mu_a - mu_b||^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2}) between Gaussian fits (Heusel et al. 2017, eq. 6).
+
+    1e-6 is added to both covariance diagonals (as pytorch-fid does when the product is singular):
+    ReLU features have dead units, whose zero variance makes S_a S_b singular.
+    """
     a, b = features_a.double().cpu().numpy(), features_b.double().cpu().numpy()
     mean_a, mean_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    offset = 1e-6 * np.eye(a.shape[1])
+    cov_a, cov_b = np.cov(a, rowvar=False) + offset, np.cov(b, rowvar=False) + offset
     root = linalg.sqrtm(cov_a @ cov_b)
     root = root.real  # discard the tiny imaginary parts of numerical error
     return float(((mean_a - mean_b) ** 2).sum() + np.trace(cov_a + cov_b - 2.0 * root))
