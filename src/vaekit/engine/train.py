@@ -306,15 +306,16 @@ class Trainer:
 
     def _fit(self) -> None:
         """A model with no parameter groups is fitted once on the whole training split (step 1)."""
-        if self.step == 0 and self.ctx.is_main:
+        if self.step > 0:
+            return
+        self.step = 1
+        if self.ctx.is_main:  # one fit; the other processes only meet rank 0 at the barriers
             x = self.train_x
             if _binarize(self.config) == "dynamic":
                 x = binarize(x, step_generator(self.train_cfg.seed, 0, self.ctx.device))
-            self.step = 1
             self._log("train", self.model.fit(x))
             self._evaluate()
-            self._save()
-        self.ctx.barrier()
+        self._save()
 
     def _batch(self, step: int) -> Batch:
         """This process's rows of the global batch of `step`, binarised afresh if the data asks."""
