@@ -25,23 +25,33 @@ def run_dir_of(config: RunConfig) -> Path:
     return Path(config.out_dir) / config.name
 
 
-def prepare_run_dir(config: RunConfig, *, resume: bool, force: bool) -> Path:
-    """Create (or reuse with `resume`) the run directory; never overwrite one without `force`."""
+def check_run_dir(config: RunConfig, *, resume: bool, force: bool) -> bool:
+    """Refuse what would overwrite or resume nothing (read-only, so every process can call it).
+
+    Returns whether an existing run directory is to be replaced (`force`).
+    """
     path = run_dir_of(config)
     if path.exists() and any(path.iterdir()):
         if resume and force:
             raise RunDirError("pass either --resume or --force, not both")
-        if force:
-            shutil.rmtree(path)
-        elif not resume:
+        if not force and not resume:
             newest = list_checkpoints(path / "checkpoints")
             what = f"checkpoints up to {newest[-1].name}" if newest else "files"
             raise RunDirError(
                 f"run directory {path} already exists ({what}); pass --resume to continue it "
                 f"or --force to overwrite it, or choose another name=..."
             )
-    elif resume:
+        return force
+    if resume:
         raise RunDirError(f"cannot resume: run directory {path} does not exist")
+    return False
+
+
+def prepare_run_dir(config: RunConfig, *, replace: bool) -> Path:
+    """Create the run directory (emptied first when `replace`); call after `check_run_dir`."""
+    path = run_dir_of(config)
+    if replace:
+        shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
 

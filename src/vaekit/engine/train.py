@@ -34,6 +34,7 @@ from vaekit.engine.distributed import DistContext, init_distributed
 from vaekit.engine.rundir import (
     METRICS_FILE,
     MetricsLog,
+    check_run_dir,
     collect_versions,
     prepare_run_dir,
     run_dir_of,
@@ -210,8 +211,10 @@ class Trainer:
 
     def open_run_dir(self, *, resume: bool, force: bool) -> Path:
         path = run_dir_of(self.config)
+        replace = check_run_dir(self.config, resume=resume, force=force)  # every process, before any write
+        self.ctx.barrier()
         if self.ctx.is_main:
-            prepare_run_dir(self.config, resume=resume, force=force)
+            prepare_run_dir(self.config, replace=replace)
             write_run_files(path, self.config, collect_versions(self.train_cfg.seed))
         self.ctx.barrier()
         self.run_dir = path
