@@ -119,13 +119,6 @@ class MetricsLog:
             f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    file = Path(path) / METRICS_FILE
-    if not file.exists():
-        return []
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
-
-
 def _step_of(line: str) -> int:
     try:
         return int(json.loads(line).get("step", 0))

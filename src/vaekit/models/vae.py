@@ -15,7 +15,6 @@ from torch import Tensor
 from vaekit.batch import Batch
 from vaekit.config import ModelConfig
 from vaekit.distributions import DiagonalGaussian, at_least_fp32, kl_divergence, sum_except_batch
-from vaekit.errors import ConfigError
 from vaekit.likelihoods import ImageDistribution, ImageLikelihood, LikelihoodName
 from vaekit.models.base import GenerativeModel, Losses
 from vaekit.models.registry import register_model
@@ -66,17 +65,9 @@ class VAE(GenerativeModel):
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__(config)
-        if config.image_shape is None:
-            raise ConfigError("model.image_shape is not set (vaekit.train fills it from the data)")
-        self.image_shape = config.image_shape
+        nets = ImageNetConfig.of(config)
+        self.image_shape = nets.image_shape
         self.likelihood = config.likelihood_spec()
-        nets = ImageNetConfig(
-            architecture=config.architecture,
-            image_shape=config.image_shape,
-            hidden_dims=config.hidden_dims,
-            conv_channels=config.conv_channels,
-            activation=config.activation,
-        )
         self.encoder = build_image_encoder(nets, out_features=2 * config.latent_dim)
         self.decoder = build_image_decoder(
             nets, in_features=config.latent_dim, out_channels=self.likelihood.num_params(config.image_shape[0])

@@ -21,7 +21,6 @@ from vaekit.batch import Batch
 from vaekit.config import ModelConfig
 from vaekit.distributions import DiagonalGaussian
 from vaekit.divergences import mmd_unbiased
-from vaekit.errors import ConfigError
 from vaekit.models.base import GenerativeModel, Losses
 from vaekit.models.registry import register_model
 from vaekit.nn.image_nets import (
@@ -71,10 +70,7 @@ class WAE(GenerativeModel):
 
     def __init__(self, config: WAEConfig) -> None:
         super().__init__(config)
-        if config.image_shape is None:
-            raise ConfigError("model.image_shape is not set (vaekit.train fills it from the data)")
-        nets = ImageNetConfig(config.architecture, config.image_shape, config.hidden_dims,
-                              config.conv_channels, config.activation)
+        nets = ImageNetConfig.of(config)
         code_size = config.latent_dim * (2 if config.encoder == "gaussian" else 1)
         self.encoder = build_image_encoder(nets, out_features=code_size)
         self.decoder = build_image_decoder(nets, in_features=config.latent_dim, out_channels=config.image_shape[0])

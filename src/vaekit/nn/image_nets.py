@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Literal
+from typing import Any, Literal
 
 from torch import nn
 
@@ -28,6 +28,15 @@ class ImageNetConfig:
     hidden_dims: tuple[int, ...]  # mlp: hidden widths; conv: widths of the dense layers after the convs
     conv_channels: tuple[int, ...]  # conv: channels of the stride-2 convolutions (each halves H, W)
     activation: Activation = "silu"
+
+    @staticmethod
+    def of(model_config: Any) -> ImageNetConfig:
+        """The nets of an image model's config (fields architecture, image_shape, hidden_dims,
+        conv_channels, activation); image_shape must have been filled from the data."""
+        if model_config.image_shape is None:
+            raise ConfigError("model.image_shape is not set (vaekit.train fills it from the data)")
+        return ImageNetConfig(model_config.architecture, tuple(model_config.image_shape), model_config.hidden_dims,
+                              model_config.conv_channels, model_config.activation)
 
 
 def mlp(widths: Sequence[int], activation: Activation) -> nn.Sequential:
