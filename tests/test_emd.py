@@ -1,10 +1,19 @@
-"""Exact EMD against scipy's assignment solver; the nearest-neighbour lower bound never exceeds it."""
+"""Exact EMD against scipy's assignment solver; the auction's certified bracket; the lower bounds never exceed it."""
 
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from vaekit.divergences import earth_movers_distance, emd_lower_bound
+from vaekit.emd import (
+    auction_assignment,
+    earth_movers_distance,
+    euclidean_cost,
+    matched_emd,
+    max_sliced_bound,
+    nearest_neighbour_bound,
+    random_directions,
+    sorted_projections,
+)
 
 
 def _clouds(seed, n=60):
@@ -30,10 +39,69 @@ def test_emd_of_a_permutation_is_zero_and_of_a_shift_is_its_length():
 def test_lower_bound_never_exceeds_the_exact_emd():
     for seed in range(5):
         x, y = _clouds(seed, n=40)
-        bound = emd_lower_bound(x.unsqueeze(0), y.unsqueeze(0)).item()
+        bound = nearest_neighbour_bound(x.unsqueeze(0), y.unsqueeze(0)).item()
         assert 0 < bound <= earth_movers_distance(x, y) + 1e-12
 
 
 def test_unequal_sizes_are_refused():
     with pytest.raises(ValueError, match="same shape"):
         earth_movers_distance(torch.zeros(5, 3), torch.zeros(6, 3))
+
+
+def _batch(seed, batch=3, n=48):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, n, 3, generator=g, dtype=torch.float64)
+    return x, torch.rand(batch, n, 3, generator=g, dtype=torch.float64) * 0.8 + 0.1
+
+
+@pytest.mark.parametrize("epsilon", [1e-2, 1e-3])
+def test_auction_brackets_the_exact_emd_within_epsilon(epsilon):
+    x, y = _batch(0)
+    exact = torch.tensor([earth_movers_distance(a, b) for a, b in zip(x, y)], dtype=torch.float64)
+    result = auction_assignment(euclidean_cost(x, y), epsilon=epsilon)
+    assert torch.all(result.lower <= exact + 1e-6) and torch.all(exact <= result.upper + 1e-6)
+    assert torch.all(result.upper - result.lower <= epsilon + 1e-6)
+    assert all(sorted(row.tolist()) == list(range(x.shape[1])) for row in result.assignment)  # bijections
+
+
+def test_auction_with_a_hungarian_tail_still_brackets_the_exact_emd():
+    x, y = _batch(1, n=64)
+    exact = torch.tensor([earth_movers_distance(a, b) for a, b in zip(x, y)], dtype=torch.float64)
+    result = auction_assignment(euclidean_cost(x, y), epsilon=1e-3, tail=0.1)
+    assert torch.all(result.lower <= exact + 1e-6) and torch.all(exact <= result.upper + 1e-6)
+    assert all(sorted(row.tolist()) == list(range(64)) for row in result.assignment)
+
+
+def test_matched_emd_is_the_exact_emd_and_the_auction_stays_within_epsilon():
+    x, y = _batch(2)
+    exact = torch.tensor([earth_movers_distance(a, b) for a, b in zip(x, y)], dtype=torch.float64)
+    torch.testing.assert_close(matched_emd(x, y, reduction="none").double(), exact, rtol=1e-5, atol=1e-6)
+    auction = matched_emd(x, y, solver="auction", epsilon=1e-3, reduction="none").double()
+    assert torch.all(auction >= exact - 1e-5) and torch.all(auction <= exact + 1e-3 + 1e-5)
+
+
+def test_matched_emd_gradient_moves_points_towards_their_partners():
+    x, y = _batch(3, batch=1, n=20)
+    x = x.float().requires_grad_()
+    matched_emd(x, y.float()).backward()
+    stepped = (x - 0.05 * x.grad).detach()
+    assert matched_emd(stepped, y.float()).item() < matched_emd(x.detach(), y.float()).item()
+
+
+def test_max_sliced_bound_never_exceeds_the_exact_emd_and_tightens_with_directions():
+    x, y = _batch(4, batch=4, n=40)
+    exact = torch.tensor([earth_movers_distance(a, b) for a, b in zip(x, y)], dtype=torch.float64)
+    few, many = random_directions(4), random_directions(256)
+    bound_few = max_sliced_bound(sorted_projections(x, few), sorted_projections(y, few))
+    bound_many = max_sliced_bound(sorted_projections(x, many), sorted_projections(y, many))
+    assert torch.all(bound_many <= exact + 1e-12) and torch.all(bound_few <= bound_many + 1e-12)
+    assert torch.all(bound_many > 0.3 * exact)  # informative, not just >= 0
+
+
+def test_auction_refuses_bad_input():
+    with pytest.raises(ValueError, match="square"):
+        auction_assignment(torch.zeros(2, 3, 4), epsilon=1e-3)
+    with pytest.raises(ValueError, match="epsilon"):
+        auction_assignment(torch.zeros(2, 3, 3), epsilon=0.0)
+    with pytest.raises(ValueError, match="solver"):
+        matched_emd(torch.zeros(1, 3, 3), torch.zeros(1, 3, 3), solver="sinkhorn")

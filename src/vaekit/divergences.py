@@ -1,4 +1,4 @@
-"""Divergences between samples, written once: kernel maximum mean discrepancy (IMQ, RBF).
+"""Divergences between samples, written once: kernel maximum mean discrepancy (IMQ, RBF) and the Chamfer distance.
 
 Not to be confused with the point-cloud metric "MMD" (minimum matching distance), which lives
 with the point-cloud metrics under its own name.
@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -139,36 +138,3 @@ def chamfer_distance(x: Tensor, y: Tensor, *, reduction: Literal["none", "mean",
     if reduction == "none":
         return per_pair
     return per_pair.mean() if reduction == "mean" else per_pair.sum()
-
-
-def earth_movers_distance(x: Tensor, y: Tensor, *, max_iterations: int = 10_000_000) -> float:
-    """Exact EMD between two clouds of equal size: min over bijections pi of mean_i ||x_i - y_pi(i)||.
-
-    Euclidean (not squared) ground distance, PointFlow's convention. Solved by POT's network simplex
-    with its iteration limit raised; a solve that does not reach the optimum raises instead of
-    returning a wrong value. Published tables used an approximate matching (an upper bound), so
-    exact values sit slightly lower. x (P, D), y (P, D).
-    """
-    import ot
-
-    if x.ndim != 2 or x.shape != y.shape:
-        raise ValueError(f"Expected two clouds of the same shape (P, D), got {tuple(x.shape)} and {tuple(y.shape)}")
-    cost = torch.cdist(x.double(), y.double(), compute_mode="donot_use_mm_for_euclid_dist").cpu().numpy()  # (P, P)
-    weights = np.full(len(cost), 1.0 / len(cost))
-    _, log = ot.emd(weights, weights, cost, numItermax=max_iterations, log=True)
-    if log["result_code"] != 1:
-        raise RuntimeError(f"EMD solver did not reach the optimum: {log['warning']} (raise max_iterations)")
-    return float(log["cost"])
-
-
-def emd_lower_bound(x: Tensor, y: Tensor) -> Tensor:
-    """A certified lower bound of the EMD: max of the mean nearest-neighbour distance in each direction.
-
-    Every bijection sends x_i to some y_j at least min_j ||x_i - y_j|| away (and symmetrically), so
-    the mean of those minima cannot exceed the EMD. x (B, P, D), y (B, P, D) -> (B,).
-    """
-    nearest_y, nearest_x = nearest_neighbour_indices(x, y)
-    dims = x.shape[2]
-    x_to_y = (x - torch.gather(y, 1, nearest_y.unsqueeze(-1).expand(-1, -1, dims))).norm(dim=-1).mean(1)
-    y_to_x = (y - torch.gather(x, 1, nearest_x.unsqueeze(-1).expand(-1, -1, dims))).norm(dim=-1).mean(1)
-    return torch.maximum(x_to_y, y_to_x)

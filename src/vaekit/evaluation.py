@@ -12,7 +12,8 @@ from vaekit.data import ImageData, PointCloudData
 from vaekit.errors import ConfigError
 from vaekit.latent_paths import slerp, traversal
 from vaekit.metrics.images import latent_scores, likelihood_scores, reconstruction_scores
-from vaekit.metrics.pointclouds import chamfer_reconstruction_scores
+from vaekit.metrics.pointclouds import linear_svm_accuracy
+from vaekit.metrics.pointclouds import reconstruction_scores as point_cloud_scores
 from vaekit.models import GenerativeModel
 from vaekit.viz import save_image_grid, save_point_cloud_grid
 
@@ -36,7 +37,9 @@ def evaluate(model: GenerativeModel, data: ImageData | PointCloudData, config: E
     x = test_images(model, data, config)
     results: dict[str, Any] = {}
     if isinstance(data, PointCloudData):
-        results |= chamfer_reconstruction_scores(model, x, config.images_per_chunk)
+        results |= point_cloud_scores(model, x, config.images_per_chunk, emd=config.point_cloud_emd)
+        if hasattr(model, "latent_codes") and len(data.categories) > 1:
+            results["svm_accuracy"] = representation_test(model, data, config.images_per_chunk)
         if hasattr(model, "extra_scores"):
             results |= model.extra_scores(x)
         model.train(was_training)
@@ -55,6 +58,15 @@ def evaluate(model: GenerativeModel, data: ImageData | PointCloudData, config: E
         results |= sample_quality(model, data, config.sample_quality_samples, seed=config.seed)
     model.train(was_training)
     return results
+
+
+@torch.inference_mode()
+def representation_test(model: GenerativeModel, data: PointCloudData, chunk: int) -> float:
+    """Linear-SVM category accuracy on the test split's latent codes, trained on the train split's."""
+    def codes(clouds: torch.Tensor) -> torch.Tensor:
+        return torch.cat([model.latent_codes(c.to(model.device)).float().cpu() for c in clouds.split(chunk)])
+
+    return linear_svm_accuracy(codes(data.train), data.train_labels, codes(data.test), data.test_labels)
 
 
 @torch.inference_mode()

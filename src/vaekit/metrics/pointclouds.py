@@ -21,13 +21,34 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vaekit.divergences import chamfer_distance
+from vaekit.emd import earth_movers_distance
 
 
 @torch.inference_mode()
-def chamfer_reconstruction_scores(model: Any, clouds: Tensor, chunk: int) -> dict[str, float]:
-    """Mean Chamfer distance (squared, PointFlow's convention) between test clouds and their reconstructions."""
-    per_cloud = torch.cat([chamfer_distance(c, model.reconstruct(c), reduction="none") for c in clouds.split(chunk)])
-    return {"reconstruction_chamfer": per_cloud.double().mean().item(), "num_clouds": len(clouds)}
+def reconstruction_scores(model: Any, clouds: Tensor, chunk: int, *, emd: bool = False) -> dict[str, float]:
+    """Mean Chamfer distance (squared) and, if asked, mean exact EMD between test clouds and their reconstructions."""
+    chamfer, exact = [], []
+    for batch in clouds.split(chunk):
+        reconstruction = model.reconstruct(batch).float()
+        chamfer.append(chamfer_distance(batch, reconstruction, reduction="none"))
+        if emd:
+            exact += [earth_movers_distance(a, b) for a, b in zip(batch, reconstruction)]
+    scores = {"reconstruction_chamfer": torch.cat(chamfer).double().mean().item(), "num_clouds": len(clouds)}
+    if emd:
+        scores["reconstruction_emd"] = float(np.mean(exact))
+    return scores
+
+
+@torch.inference_mode()
+def linear_svm_accuracy(train_codes: Tensor, train_labels: Tensor, test_codes: Tensor, test_labels: Tensor) -> float:
+    """Test accuracy of a linear SVM on standardised latent codes (Achlioptas et al. 2018, sec. 5.1's representation test)."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    classifier = make_pipeline(StandardScaler(), LinearSVC(C=1.0, max_iter=20_000, random_state=0))
+    classifier.fit(train_codes.double().cpu().numpy(), train_labels.cpu().numpy())
+    return float(classifier.score(test_codes.double().cpu().numpy(), test_labels.cpu().numpy()))
 
 
 @torch.inference_mode()
