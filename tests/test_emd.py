@@ -96,6 +96,10 @@ def test_max_sliced_bound_never_exceeds_the_exact_emd_and_tightens_with_directio
     bound_many = max_sliced_bound(sorted_projections(x, many), sorted_projections(y, many))
     assert torch.all(bound_many <= exact + 1e-12) and torch.all(bound_few <= bound_many + 1e-12)
     assert torch.all(bound_many > 0.3 * exact)  # informative, not just >= 0
+    blocked = max_sliced_bound(sorted_projections(x, many, blocks=8), sorted_projections(y, many, blocks=8))
+    assert torch.all(blocked <= bound_many + 1e-12) and torch.all(blocked > 0.9 * bound_many)
+    with pytest.raises(ValueError, match="divide"):
+        sorted_projections(x, many, blocks=7)
 
 
 def test_auction_refuses_bad_input():
