@@ -27,6 +27,14 @@ def test_procedural_dataset_shapes_split_and_determinism(tmp_path):
     torch.testing.assert_close(data.train.mean(1), torch.zeros(40, 3), atol=1e-5, rtol=0)
 
 
+def test_a_category_has_the_same_shapes_and_split_alone_or_with_others(tmp_path):
+    every = load_procedural(shapes_per_category=6, num_points=64, cache_dir=tmp_path)
+    chairs = load_procedural(shapes_per_category=6, num_points=64, cache_dir=tmp_path, categories=("chair",))
+    chair = every.categories.index("chair")
+    torch.testing.assert_close(chairs.train, every.train[every.train_labels == chair], rtol=0, atol=0)
+    torch.testing.assert_close(chairs.test, every.test[every.test_labels == chair], rtol=0, atol=0)
+
+
 def test_procedural_dataset_is_cached(tmp_path):
     load_procedural(shapes_per_category=4, num_points=64, cache_dir=tmp_path)
     files = list((tmp_path / "pointclouds").glob("*.npz"))

@@ -14,6 +14,7 @@ import io
 import math
 import os
 import zipfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ Normalization = Literal["unit_sphere", "unit_box", "none"]
 POINT_SUFFIXES = (".npy", ".npz", ".xyz")
 MESH_SUFFIXES = (".off", ".obj", ".ply", ".stl")
 MIN_POINTS = 16
-PROCEDURAL_VERSION = 2  # bump when the generators change: invalidates caches
+PROCEDURAL_VERSION = 3  # bump when the generators change: invalidates caches
 
 
 @dataclass(frozen=True)
@@ -161,8 +162,8 @@ def load_procedural(
             clouds, labels = stored["clouds"], stored["labels"]
     else:
         clouds = np.stack([
-            procedural_cloud(name, seed * 1_000_003 + 7919 * c + i, num_points, normalization)
-            for c, name in enumerate(categories) for i in range(shapes_per_category)
+            procedural_cloud(name, seed * 1_000_003 + 7919 * zlib.crc32(name.encode()) + i, num_points, normalization)
+            for name in categories for i in range(shapes_per_category)
         ])
         labels = np.repeat(np.arange(len(categories)), shapes_per_category)
         buffer = io.BytesIO()
@@ -173,12 +174,16 @@ def load_procedural(
 
 def _split(clouds: np.ndarray, labels: np.ndarray, categories: tuple[str, ...], test_fraction: float, seed: int,
            normalization: str, source: str) -> PointCloudData:
-    """A seeded split that keeps each category's share in both parts."""
-    rng = np.random.default_rng(seed)
+    """A seeded split that keeps each category's share in both parts.
+
+    Each category is split by its own generator, seeded by (seed, category name), so a category's
+    shapes and split are the same whichever other categories are loaded with it.
+    """
     test_mask = np.zeros(len(labels), dtype=bool)
-    for c in range(len(categories)):
+    for c, name in enumerate(categories):
         members = np.flatnonzero(labels == c)
-        test_mask[rng.permutation(members)[: math.ceil(len(members) * test_fraction)]] = True
+        rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+        test_mask[members[rng.permutation(len(members))[: math.ceil(len(members) * test_fraction)]]] = True
     as_tensor = torch.from_numpy
     return PointCloudData(
         train=as_tensor(clouds[~test_mask]).float(), test=as_tensor(clouds[test_mask]).float(),
