@@ -89,34 +89,40 @@ def _check_points(points: Tensor, name: str) -> None:
 
 
 @torch.no_grad()
-def nearest_neighbour_indices(x: Tensor, y: Tensor, *, max_bytes: int = 256 * 2**20) -> tuple[Tensor, Tensor]:
+def nearest_indices(a: Tensor, b: Tensor, *, max_bytes: int = 2 * 2**20) -> Tensor:
+    """Exact nearest neighbour in b of every a_i: a (B, N, D), b (B, M, D) -> (B, N) indices into b.
+
+    The squared distances come from one matmul of augmented vectors, [a, |a|^2, 1] . [-2b, 1, |b|^2]
+    = |a|^2 - 2 a.b + |b|^2, over row chunks of at most `max_bytes` written into one reused buffer
+    (small enough to stay in cache), followed by an argmin along the contiguous dimension.
+    """
+    a, b = at_least_fp32(a), at_least_fp32(b)
+    batch, n, _ = a.shape
+    m = b.shape[1]
+    ones_a, ones_b = a.new_ones(batch, n, 1), b.new_ones(batch, m, 1)
+    a_augmented = torch.cat([a, a.pow(2).sum(-1, keepdim=True), ones_a], -1)  # (B, N, D+2)
+    b_augmented = torch.cat([-2.0 * b, ones_b, b.pow(2).sum(-1, keepdim=True)], -1).transpose(1, 2).contiguous()
+    rows = max(1, min(n, max_bytes // (4 * batch * m)))
+    buffer = a.new_empty(batch, rows, m)
+    nearest = torch.empty(batch, n, dtype=torch.long, device=a.device)
+    for start in range(0, n, rows):
+        chunk = a_augmented[:, start : start + rows]
+        squared = torch.bmm(chunk, b_augmented, out=buffer[:, : chunk.shape[1]])  # (B, r, M)
+        nearest[:, start : start + rows] = squared.argmin(2)
+    return nearest
+
+
+def nearest_neighbour_indices(x: Tensor, y: Tensor, *, max_bytes: int = 2 * 2**20) -> tuple[Tensor, Tensor]:
     """Exact nearest neighbours both ways between point sets x (B, N, D) and y (B, M, D).
 
     Returns (index of the nearest y_j for each x_i: (B, N), index of the nearest x_i for each
-    y_j: (B, M)). One pass over row chunks of the (B, N, M) squared-distance matrix in the
-    |x|^2 + |y|^2 - 2 x.y form, each chunk at most `max_bytes`; the matrix is never whole.
+    y_j: (B, M)); the (B, N, M) distance matrix is never whole (see `nearest_indices`).
     """
-    x, y = at_least_fp32(x), at_least_fp32(y)
-    batch, n, _ = x.shape
-    m = y.shape[1]
-    rows = max(1, max_bytes // (4 * batch * m))
-    y_squared = y.pow(2).sum(-1).unsqueeze(1)  # (B, 1, M)
-    nearest_y = torch.empty(batch, n, dtype=torch.long, device=x.device)
-    best_x_distance = torch.full((batch, m), float("inf"), device=x.device)
-    nearest_x = torch.zeros(batch, m, dtype=torch.long, device=x.device)
-    for start in range(0, n, rows):
-        chunk = x[:, start : start + rows]  # (B, r, D)
-        squared = torch.baddbmm(chunk.pow(2).sum(-1, keepdim=True) + y_squared, chunk, y.transpose(1, 2), alpha=-2.0)
-        nearest_y[:, start : start + rows] = squared.argmin(2)  # (B, r)
-        chunk_best, chunk_index = squared.min(1)  # (B, M)
-        better = chunk_best < best_x_distance
-        best_x_distance = torch.where(better, chunk_best, best_x_distance)
-        nearest_x = torch.where(better, chunk_index + start, nearest_x)
-    return nearest_y, nearest_x
+    return nearest_indices(x, y, max_bytes=max_bytes), nearest_indices(y, x, max_bytes=max_bytes)
 
 
 def chamfer_distance(x: Tensor, y: Tensor, *, reduction: Literal["none", "mean", "sum"] = "mean",
-                     max_bytes: int = 256 * 2**20) -> Tensor:
+                     max_bytes: int = 2 * 2**20) -> Tensor:
     """Chamfer distance (PointFlow's convention): mean_i min_j ||x_i - y_j||^2 + mean_j min_i ||x_i - y_j||^2.
 
     x (B, N, D), y (B, M, D) -> (B,) for reduction="none". The neighbours are found without

@@ -109,7 +109,8 @@ def _refine(query: int, candidate: int, clouds: Tensor, state: SearchState) -> f
         nearest = nearest_neighbour_bound(clouds[query].unsqueeze(0), clouds[candidate].unsqueeze(0)).item() - SAFETY
         value, level = max(state.distances[query, candidate], nearest), NEAREST
     else:
-        value, level = earth_movers_distance(clouds[query], clouds[candidate]), EXACT
+        first, second = sorted((query, candidate))  # one order per pair: the same float64 value every time
+        value, level = earth_movers_distance(clouds[first], clouds[second]), EXACT
     state.distances[query, candidate] = state.distances[candidate, query] = value
     state.level[query, candidate] = state.level[candidate, query] = level
     return value

@@ -52,14 +52,24 @@ def linear_svm_accuracy(train_codes: Tensor, train_labels: Tensor, test_codes: T
 
 
 @torch.inference_mode()
-def chamfer_matrix(rows: Tensor, columns: Tensor, *, pairs_per_batch: int = 64, progress: bool = False) -> Tensor:
-    """Chamfer distance of every pair: rows (N, P, 3), columns (M, Q, 3) -> (N, M), float64."""
-    out = torch.empty(len(rows), len(columns), dtype=torch.float64)
-    row_index, column_index = torch.meshgrid(torch.arange(len(rows)), torch.arange(len(columns)), indexing="ij")
-    pairs = torch.stack([row_index.flatten(), column_index.flatten()], 1)  # (N*M, 2)
+def chamfer_matrix(rows: Tensor, columns: Tensor | None = None, *, pairs_per_batch: int = 64,
+                   progress: bool = False) -> Tensor:
+    """Chamfer distance of every pair: rows (N, P, 3), columns (M, Q, 3) -> (N, M), float64.
+
+    Without `columns`, the symmetric matrix of `rows` with itself: each pair i < j computed once.
+    """
+    if columns is None:
+        pairs = torch.triu_indices(len(rows), len(rows), offset=1).T  # (N(N-1)/2, 2)
+        columns, out = rows, torch.zeros(len(rows), len(rows), dtype=torch.float64)
+    else:
+        row_index, column_index = torch.meshgrid(torch.arange(len(rows)), torch.arange(len(columns)), indexing="ij")
+        pairs = torch.stack([row_index.flatten(), column_index.flatten()], 1)  # (N*M, 2)
+        out = torch.empty(len(rows), len(columns), dtype=torch.float64)
     for batch in tqdm(pairs.split(pairs_per_batch), disable=not progress, desc="chamfer pairs"):
-        values = chamfer_distance(rows[batch[:, 0]], columns[batch[:, 1]], reduction="none")
-        out[batch[:, 0], batch[:, 1]] = values.double().cpu()
+        values = chamfer_distance(rows[batch[:, 0]], columns[batch[:, 1]], reduction="none").double().cpu()
+        out[batch[:, 0], batch[:, 1]] = values
+    if columns is rows:
+        out += out.T.clone()
     return out
 
 
@@ -115,8 +125,8 @@ def chamfer_set_metrics(samples: Tensor, references: Tensor, *, progress: bool =
     """JSD, MMD-CD, COV-CD and 1-NNA-CD between a generated set and a reference set, from one set of matrices."""
     distances = SetDistances(
         sample_reference=chamfer_matrix(samples, references, progress=progress),
-        sample_sample=chamfer_matrix(samples, samples, progress=progress),
-        reference_reference=chamfer_matrix(references, references, progress=progress),
+        sample_sample=chamfer_matrix(samples, progress=progress),
+        reference_reference=chamfer_matrix(references, progress=progress),
     )
     return {
         "jsd": jensen_shannon_divergence(samples, references),
