@@ -21,20 +21,26 @@ from pathlib import Path
 import torch
 
 import vaekit
-from vaekit.data import load_data
+from vaekit.data import ImageData, load_data
 from vaekit.divergences import mmd_unbiased
 from vaekit.evaluation import sample_quality
 from vaekit.io import atomic_write_json
 from vaekit.metrics.images import reconstruction_scores
+from vaekit.models import GenerativeModel
 
 PRESETS = ("fashion-mnist-vae", "fashion-mnist-wae-mmd", "fashion-mnist-wae-gan")
 
 
-@torch.inference_mode()
 def score(run_dir: Path) -> dict[str, float]:
     """The shared metrics of one trained run."""
     model = vaekit.load(run_dir)
-    data = load_data(model.run_config.data)
+    return score_model(model, load_data(model.run_config.data))
+
+
+@torch.inference_mode()
+def score_model(model: GenerativeModel, data: ImageData) -> dict[str, float]:
+    """Test reconstruction MSE/PSNR, latent MMD to the prior, FD/KID of 10000 samples (see the module docstring)."""
+    model.eval()
     grey = (data.test_grey if data.test_grey is not None else data.test)[:1000]
     codes = model.latent_codes(grey)
     prior_std = getattr(model.config, "prior_std", 1.0)
