@@ -15,7 +15,7 @@ rerun, and the EMD search resumes from its state file):
                 solves vs pairs; brute force on a 15 vs 15 subset must give identical values; the
                 auction's time and error against POT's exact EMD on 16 pairs.
   per_category  the paper's tables on the procedural data: one AE (preset pointcloud-ae, all five
-                categories, 200 shapes each), then per category an l-GMM and an l-GAN on that
+                categories, 200 shapes each, --ae-steps steps), then per category an l-GMM and an l-GAN on that
                 category's codes (two-stage runs); per category the AE's test reconstruction CD and
                 exact EMD, the linear-SVM accuracy, and for each generator JSD, MMD, COV, 1-NNA
                 (CD and EMD) of |R| samples against the category's test clouds R; sample renders.
@@ -190,7 +190,8 @@ def run_per_category(args: argparse.Namespace, section: dict[str, Any], save_par
     runs = args.work_dir / "per_category"
     ae_dir = runs / "ae"
     start = time.perf_counter()
-    train_once(["pointcloud-ae", f"out_dir={runs}", "name=ae", "data.shapes_per_category=200", "train.seed=0"],
+    train_once(["pointcloud-ae", f"out_dir={runs}", "name=ae", "data.shapes_per_category=200", "train.seed=0",
+                f"train.steps={args.ae_steps}", f"train.eval_every={args.ae_steps}", f"train.checkpoint_every={args.ae_steps}"],
                ae_dir, args.quiet)
     section.setdefault("ae_train_wall_s", time.perf_counter() - start)
     if "ae_all_categories" not in section:
@@ -236,6 +237,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pictures", type=Path, default=HERE.parent / "docs" / "images" / "pointclouds")
     parser.add_argument("--set-size", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--ae-steps", type=int, default=1500, help="per_category: the AE's training steps")
     parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)
 

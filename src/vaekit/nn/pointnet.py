@@ -1,7 +1,9 @@
 """PointNet encoder (Qi et al. 2017) as used by Achlioptas et al. 2018, and an MLP point decoder.
 
-Encoder: shared per-point 1-D convolutions (kernel 1) with batch-norm and ReLU, then a max over
-points: symmetric in the points, so permutation-invariant by construction. points (B, P, 3) -> (B, k).
+Encoder: shared per-point layers (the paper's 1-D convolutions of kernel 1, written as linear maps
+on the (B*P, C) rows: the same function, and a plain matmul, several times faster on a CPU) with
+batch-norm over all points of the batch and ReLU, then a max over points: symmetric in the points,
+so permutation-invariant by construction. points (B, P, 3) -> (B, k).
 Decoder: an MLP from the code to P*3 coordinates: (B, k) -> (B, P, 3).
 """
 
@@ -21,14 +23,15 @@ class PointNetEncoder(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         for index, (fan_in, fan_out) in enumerate(zip([in_dim, *channels[:-1]], channels)):
-            layers.append(nn.Conv1d(fan_in, fan_out, kernel_size=1))
+            layers.append(nn.Linear(fan_in, fan_out))
             if index < len(channels) - 1:
                 layers += [nn.BatchNorm1d(fan_out), nn.ReLU()]
         self.per_point = nn.Sequential(*layers)
 
     def forward(self, points: Tensor) -> Tensor:
-        features = self.per_point(points.transpose(1, 2))  # (B, k, P)
-        return features.max(dim=2).values  # (B, k): symmetric in the points
+        batch, num_points, dims = points.shape
+        features = self.per_point(points.reshape(batch * num_points, dims))  # (B*P, k)
+        return features.view(batch, num_points, -1).max(dim=1).values  # (B, k): symmetric in the points
 
 
 class PointDecoder(nn.Module):
