@@ -56,6 +56,25 @@ def test_eval_writes_json_with_likelihood_and_diagnostics(trained_digits_run, tm
     assert results["bits_per_dim"] == pytest.approx(results["nll"] / (64 * 0.6931471805599453))
 
 
+def test_eval_plots_draw_the_posterior_per_dimension(trained_digits_run, tmp_path, capsys):
+    from PIL import Image
+
+    assert main(["eval", str(trained_digits_run), "--importance-samples", "5", "--num-images", "30",
+                 "--out", str(tmp_path / "eval.json"), "--plots"]) == 0
+    picture = trained_digits_run / "plots" / "posterior.png"
+    assert str(picture) in capsys.readouterr().out
+    with Image.open(picture) as image:
+        assert image.size[0] >= 600 and image.size[1] == 600  # two panels, one box per latent dimension
+
+
+def test_eval_plots_refuse_a_model_without_a_gaussian_encoder(tmp_path, capsys):
+    assert main(["train", "--config", "digits-wae-mmd", f"out_dir={tmp_path}", "train.steps=2", "train.eval_every=2",
+                 "train.checkpoint_every=2", "--quiet"]) == 0
+    run_dir = next(tmp_path.iterdir())
+    assert main(["eval", str(run_dir), "--plots", "--out", str(tmp_path / "eval.json")]) == 2
+    assert "no Gaussian encoder" in capsys.readouterr().err
+
+
 def test_bad_input_exits_2_with_one_message(tmp_path, capsys):
     assert main(["train", f"out_dir={tmp_path}", "train.stepz=3", "--quiet"]) == 2
     err = capsys.readouterr().err

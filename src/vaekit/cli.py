@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--importance-samples", type=int, help="K for log p(x) (default: the run's eval config)")
     evaluate.add_argument("--num-images", type=int, help="first N test images (default: the run's eval config)")
     evaluate.add_argument("--out", help="JSON file (default: RUN_DIR/eval.json)")
+    evaluate.add_argument("--plots", action="store_true",
+                          help="also draw the per-dimension distributions of the encoder's mean and log_var "
+                               "(RUN_DIR/plots/posterior.png)")
     evaluate.set_defaults(handler=_eval)
 
     sample = commands.add_parser("sample", help="draw samples from a trained model into a PNG grid")
@@ -95,10 +98,15 @@ def _eval(args: argparse.Namespace) -> int:
     if args.num_images is not None:
         updates["num_images"] = args.num_images
     eval_config = config.eval.model_copy(update=updates)
-    results = evaluate(model, load_data(config.data), eval_config)
+    data = load_data(config.data)
+    results = evaluate(model, data, eval_config)
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
     atomic_write_json(out, results)
     print(json.dumps(results, indent=2))
+    if args.plots:
+        from vaekit.evaluation import write_posterior_plot
+
+        print(write_posterior_plot(model, data, eval_config, Path(args.run_dir) / "plots" / "posterior.png"))
     return 0
 
 

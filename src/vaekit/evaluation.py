@@ -9,13 +9,15 @@ import torch
 
 from vaekit.config import EvalConfig
 from vaekit.data import ImageData, PointCloudData
+from vaekit.distributions import DiagonalGaussian
 from vaekit.errors import ConfigError
 from vaekit.latent_paths import slerp, traversal
 from vaekit.metrics.images import latent_scores, likelihood_scores, reconstruction_scores
+from vaekit.metrics.latent import kl_per_dimension
 from vaekit.metrics.pointclouds import linear_svm_accuracy
 from vaekit.metrics.pointclouds import reconstruction_scores as point_cloud_scores
 from vaekit.models import GenerativeModel
-from vaekit.viz import save_image_grid, save_point_cloud_grid
+from vaekit.viz import save_image_grid, save_point_cloud_grid, save_posterior_plot
 
 
 def test_images(model: GenerativeModel, data: ImageData | PointCloudData, config: EvalConfig) -> torch.Tensor:
@@ -89,6 +91,16 @@ def sample_quality(model: GenerativeModel, data: ImageData, num_samples: int, *,
     kid, kid_std = kernel_inception_distance(fake, real, seed=seed)
     return {"fd_classifier": frechet_distance(fake, real), "kid_classifier": kid, "kid_classifier_std": kid_std,
             "sample_quality_samples": num_samples}
+
+
+@torch.inference_mode()
+def write_posterior_plot(model: GenerativeModel, data: ImageData, config: EvalConfig, path: Path) -> Path:
+    """`vaekit eval --plots`: the distributions of the encoder's mean and log_var per latent dimension."""
+    if not hasattr(model, "encode"):
+        raise ConfigError(f"{type(model).__name__} has no Gaussian encoder: --plots draws the mean and log_var of q(z|x)")
+    parts = [model.encode(c) for c in test_images(model, data, config).split(config.images_per_chunk)]
+    mean, log_var = torch.cat([p.mean for p in parts]).float(), torch.cat([p.log_var for p in parts]).float()
+    return save_posterior_plot(mean, log_var, kl_per_dimension(DiagonalGaussian(mean, log_var)), path)
 
 
 @torch.inference_mode()

@@ -1,9 +1,10 @@
-"""Pictures: image grids as PNG (Pillow), written atomically."""
+"""Pictures, written atomically as PNG: image grids (Pillow), point-cloud renders and posterior plots (matplotlib)."""
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,8 +66,43 @@ def save_point_cloud_grid(clouds: Tensor, path: str | Path, ncols: int = 5, titl
         if titles:
             axes.set_title(titles[index], fontsize=8)
     figure.tight_layout(pad=0.1)
+    return _save_figure(figure, path)
+
+
+def _save_figure(figure: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt
+
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     plt.close(figure)
     atomic_write_bytes(path, buffer.getvalue())
     return Path(path)
+
+
+def save_posterior_plot(mean: Tensor, log_var: Tensor, kl_per_dim: Tensor, path: str | Path) -> Path:
+    """Per latent dimension, box plots of the encoder's `mean` and `log_var` over a dataset: (N, D) each.
+
+    Dimensions are ordered by their KL to the prior, largest first. A dimension that matches
+    N(0, 1) for every input (mean ~ 0, log_var ~ 0) carries no information (posterior collapse); an
+    informative one has a spread of means and a tight posterior (log_var well below 0).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = torch.argsort(kl_per_dim, descending=True)
+    labels = [str(int(d)) for d in order]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.35 * len(order) + 2), 6), dpi=100, sharex=True)
+    top.boxplot(mean[:, order].cpu().numpy(), showfliers=False)
+    top.axhline(0.0, color="grey", linewidth=0.5)
+    top.set_ylabel("mean")
+    top.set_title("q(z|x) per latent dimension over the test set, by KL to the prior (largest left)")
+    bottom.boxplot(log_var[:, order].cpu().numpy(), showfliers=False)
+    bottom.axhline(0.0, color="grey", linewidth=0.5)
+    bottom.set_ylabel("log_var")
+    bottom.set_xticks(range(1, len(order) + 1), labels, fontsize=7)
+    bottom.set_xlabel("latent dimension")
+    figure.tight_layout()
+    return _save_figure(figure, path)
