@@ -98,7 +98,7 @@ def save_posterior_plot(mean: Tensor, log_var: Tensor, kl_per_dim: Tensor, path:
     top.boxplot(mean[:, order].cpu().numpy(), showfliers=False)
     top.axhline(0.0, color="grey", linewidth=0.5)
     top.set_ylabel("mean")
-    top.set_title("q(z|x) per latent dimension over the test set, by KL to the prior (largest left)")
+    top.set_title("q(z|x) over the test set, per latent dimension (largest KL left)", fontsize=10)
     bottom.boxplot(log_var[:, order].cpu().numpy(), showfliers=False)
     bottom.axhline(0.0, color="grey", linewidth=0.5)
     bottom.set_ylabel("log_var")
