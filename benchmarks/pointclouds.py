@@ -18,7 +18,9 @@ rerun, and the EMD search resumes from its state file):
                 categories, 200 shapes each, --ae-steps steps), then per category an l-GMM and an l-GAN on that
                 category's codes (two-stage runs); per category the AE's test reconstruction CD and
                 exact EMD, the linear-SVM accuracy, and for each generator JSD, MMD, COV, 1-NNA
-                (CD and EMD) of |R| samples against the category's test clouds R; sample renders.
+                (CD and EMD) of |R| samples against the category's test clouds R (JSD on the
+                clouds halved: unit-sphere clouds then fit PointFlow's [-0.5, 0.5]^3 grid);
+                sample renders.
 """
 
 from __future__ import annotations
@@ -44,7 +46,11 @@ from vaekit.emd import auction_assignment, earth_movers_distance, euclidean_cost
 from vaekit.evaluation import evaluate
 from vaekit.io import atomic_write_json
 from vaekit.metrics.emd_search import emd_set_metrics
-from vaekit.metrics.pointclouds import chamfer_set_metrics, reconstruction_scores
+from vaekit.metrics.pointclouds import (
+    chamfer_set_metrics,
+    jensen_shannon_divergence,
+    reconstruction_scores,
+)
 from vaekit.viz import save_point_cloud_grid
 
 HERE = Path(__file__).resolve().parent
@@ -117,6 +123,7 @@ def run_cd_suite(args: argparse.Namespace) -> dict[str, Any]:
     start = time.perf_counter()
     metrics = chamfer_set_metrics(samples, references, progress=not args.quiet)
     seconds = time.perf_counter() - start
+    metrics["jsd"] = jensen_shannon_divergence(samples / 2, references / 2)  # unit-sphere clouds halved to fit the grid
     s, r = len(samples), len(references)
     pairs = s * r + s * (s - 1) // 2 + r * (r - 1) // 2  # each distinct pair computed once
     sample = torch.arange(64)
@@ -226,6 +233,8 @@ def category_scores(args: argparse.Namespace, runs: Path, ae_dir: Path, category
         samples = model.sample(len(reference), generator=torch.Generator().manual_seed(0)).float()
         save_point_cloud_grid(samples[:10], args.pictures / f"{name}-{category}.png")
         scores[name] = chamfer_set_metrics(samples, reference) | emd_set_metrics(samples, reference)
+        # the clouds fill the unit sphere; halved, they fit the [-0.5, 0.5]^3 grid of PointFlow's JSD
+        scores[name]["jsd"] = jensen_shannon_divergence(samples / 2, reference / 2)
     return scores
 
 

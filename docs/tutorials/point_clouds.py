@@ -43,6 +43,10 @@ metrics = chamfer_set_metrics(samples, data.test) | emd_set_metrics(samples, dat
 for name, value in metrics.items():
     print(f"{name:>28}: {value:.4f}" if isinstance(value, float) else f"{name:>28}: {value}")
 
-for picture in write_point_cloud_renders(gmm, data, gmm_dir, step=0, config=gmm.run_config.eval):
+# The AE draws reconstructions and an interpolation between two codes; the l-GMM draws samples.
+pictures = write_point_cloud_renders(ae, data, ae_dir, step=0, config=ae.run_config.eval)
+pictures += [p for p in write_point_cloud_renders(gmm, data, gmm_dir, step=0, config=gmm.run_config.eval)
+             if p.parent.name == "samples"]
+for picture in pictures:
     shutil.copyfile(picture, out / f"pointcloud-{picture.parent.name}.png")
 print("pictures in", out)

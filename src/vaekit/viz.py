@@ -45,8 +45,11 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: int = 8, min_tile: i
 
 
 def save_point_cloud_grid(clouds: Tensor, path: str | Path, ncols: int = 5, titles: list[str] | None = None,
-                          point_size: float = 0.5) -> Path:
-    """Render clouds (N, P, 3) as a grid of 3-D scatter plots (matplotlib, Agg) into a PNG, atomically."""
+                          point_size: float | None = None) -> Path:
+    """Render clouds (N, P, 3) as a grid of 3-D scatter plots (matplotlib, Agg) into a PNG, atomically.
+
+    `point_size` (marker area) defaults to one that keeps a cloud equally dark at any P: 1 at 2048 points.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,6 +57,7 @@ def save_point_cloud_grid(clouds: Tensor, path: str | Path, ncols: int = 5, titl
 
     clouds = clouds.detach().float().cpu().numpy()
     count = len(clouds)
+    point_size = point_size if point_size is not None else min(8.0, 2048 / max(1, clouds.shape[1]))
     nrows = -(-count // ncols)
     figure = plt.figure(figsize=(2.2 * ncols, 2.2 * nrows), dpi=100)
     limit = float(np.abs(clouds).max()) if count else 1.0
