@@ -24,6 +24,7 @@ from vaekit.metrics.pointclouds import chamfer_set_metrics
 
 out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "images" / "tutorials"
 runs = Path("runs") / "tutorials"  # run directories, relative to the working directory
+out.mkdir(parents=True, exist_ok=True)
 small = ["data.num_points=512", "data.shapes_per_category=40"]
 
 ae_dir = vaekit.train("pointcloud-ae", overrides=[f"out_dir={runs}", "name=ae", *small, "train.steps=600",

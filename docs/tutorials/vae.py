@@ -24,6 +24,7 @@ from vaekit.objectives import iwae_bound
 
 out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "images" / "tutorials"
 runs = Path("runs") / "tutorials"  # run directories, relative to the working directory
+out.mkdir(parents=True, exist_ok=True)
 
 # 1. Train: a preset plus key=value overrides, exactly as on the command line.
 run_dir = vaekit.train("digits-vae", overrides=[f"out_dir={runs}", "name=vae"], force=True, quiet=True)

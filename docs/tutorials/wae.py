@@ -22,6 +22,7 @@ from vaekit.evaluation import write_image_grids
 
 out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "images" / "tutorials"
 runs = Path("runs") / "tutorials"  # run directories, relative to the working directory
+out.mkdir(parents=True, exist_ok=True)
 
 
 def latent_mmd(run_dir: Path) -> float:
