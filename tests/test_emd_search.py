@@ -52,6 +52,16 @@ def test_pruned_search_matches_brute_force_and_solves_fewer_pairs():
     assert 0 < pruned["emd_exact_solves"] < pruned["emd_pairs"]
 
 
+def test_cross_set_metrics_alone_need_fewer_solves_and_agree():
+    samples, references = _sets(seed=3)
+    every = emd_set_metrics(samples, references)
+    cross = emd_set_metrics(samples, references, metrics=("mmd", "cov"))
+    assert cross["mmd_emd"] == every["mmd_emd"] and cross["cov_emd"] == every["cov_emd"] and "1nna_emd" not in cross
+    assert cross["emd_exact_solves"] <= every["emd_exact_solves"]
+    with pytest.raises(ValueError, match="choose from"):
+        emd_set_metrics(samples, references, metrics=("fid",))
+
+
 def test_search_resumes_from_a_saved_state(tmp_path):
     samples, references = _sets(seed=1)
     path = tmp_path / "search.npz"
