@@ -11,11 +11,12 @@ Adam 1e-3, batch 100, fp32, --epochs passes over the 60,000 training images.
     seeded permutation per epoch (pythae's trainer adds only logging around that).
   - vaekit: `Trainer.run`, the engine's own loop, on a vaekit WAE-MMD whose encoder/decoder are thin
     adapters around the pythae modules (periodic evaluation and checkpoints stubbed out).
+  The two trainings advance in interleaved blocks of --block steps, each block timed, so both see
+  the same machine load; samples/s = steps * batch / the side's summed block times.
 Then both trained models are wrapped in the same vaekit adapter and scored by the same code as
 benchmarks/families_fashion.py: test MSE per pixel and PSNR (first 1000 test images), kernel MMD
 (IMQ) between their codes and prior draws, FD / KID of 10000 decoder-mean samples in vaekit's
-Fashion-MNIST classifier features. Each side's result is written to --out when it finishes; a
-rerun skips sides already there.
+Fashion-MNIST classifier features. Results are written to --out at the end.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import pythae_vae as ref  # data loading (same IDX reader) and the environment r
 from families_fashion import score_model
 from pythae.models import WAE_MMD, WAE_MMD_Config
 from pythae.models.nn.benchmarks.mnist import Decoder_Conv_AE_MNIST, Encoder_Conv_AE_MNIST
-from vae_vs_pythae import PythaeDecoderLogits
+from vae_vs_pythae import PythaeDecoderLogits, engine_steps
 
 from vaekit.config import DataConfig, validate_config
 from vaekit.data import load_data
@@ -75,45 +76,47 @@ def vaekit_adapter(pythae_model: WAE_MMD) -> WAEMMD:
     return model
 
 
-def train_pythae(train: Tensor, steps: int, seed: int, batch_size: int) -> tuple[WAE_MMD, float]:
-    model = build_pythae(seed)
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(seed)
-    batches = []
-    start = time.perf_counter()
-    for _ in range(steps):
-        if not batches:
-            batches = list(torch.randperm(len(train), generator=generator).split(batch_size))[::-1]
-        loss = model({"data": train[batches.pop()]}).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    return model, time.perf_counter() - start
+class PythaeLoop:
+    """pythae's WAE_MMD trained by its forward `.loss`, zero_grad, backward, Adam step; a seeded permutation per epoch."""
+
+    def __init__(self, train: Tensor, seed: int, batch_size: int) -> None:
+        self.model = build_pythae(seed)
+        self.model.train()
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=1e-3)
+        self.train, self.batch_size = train, batch_size
+        self.generator = torch.Generator().manual_seed(seed)
+        self.batches: list[Tensor] = []
+
+    def steps(self, count: int) -> None:
+        for _ in range(count):
+            if not self.batches:
+                self.batches = list(torch.randperm(len(self.train), generator=self.generator).split(self.batch_size))[::-1]
+            loss = self.model({"data": self.train[self.batches.pop()]}).loss
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
 
 
-def train_vaekit(args: argparse.Namespace, steps: int) -> tuple[WAE_MMD, float]:
+def vaekit_trainer(args: argparse.Namespace) -> tuple[Trainer, WAE_MMD]:
+    """vaekit's engine on a WAE-MMD whose nets are adapters around a fresh pythae model (same seed, same weights)."""
     big = 10**9
     config = validate_config({
         "name": "wae-vs-pythae", "out_dir": str(args.work_dir),
         "data": {"name": "fashion_mnist", "path": str(args.data_dir)},
         "model": {"name": "wae-mmd", "image_shape": [1, 28, 28], "latent_dim": LATENT_DIM, "kernel": "imq",
                   "penalty_weight": LAMBDA, "reconstruction_scale": COST_SCALE},
-        "train": {"steps": steps, "batch_size": args.batch_size, "optimizer": "adam", "lr": 1e-3, "precision": "fp32",
+        "train": {"steps": 1, "batch_size": args.batch_size, "optimizer": "adam", "lr": 1e-3, "precision": "fp32",
                   "seed": args.seed, "log_every": 100, "eval_every": big, "checkpoint_every": big, "device": "cpu"},
     })
-    data = load_data(config.data)
-    trainer = Trainer(config, data, init_distributed("cpu"), quiet=args.quiet)
-    pythae_model = build_pythae(args.seed)  # same initial weights as the pythae side
+    trainer = Trainer(config, load_data(config.data), init_distributed("cpu"), quiet=True)
+    pythae_model = build_pythae(args.seed)
     trainer.model.encoder = PythaeAEEncoder(pythae_model.encoder)
     trainer.model.decoder = PythaeDecoderLogits(pythae_model.decoder)
     trainer.optimizers = make_optimizers(trainer.model, trainer.train_cfg)
     trainer.open_run_dir(resume=False, force=True)
     trainer._evaluate = lambda: None  # scored below, by the same code as pythae's model
     trainer._save = lambda: None
-    start = time.perf_counter()
-    trainer.run()
-    return pythae_model, time.perf_counter() - start
+    return trainer, pythae_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -125,6 +128,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--steps", type=int, default=None, help="train this many steps instead (a quick check)")
     parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--block", type=int, default=50, help="steps per side between switches (interleaving)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)
@@ -140,18 +144,23 @@ def main(argv: list[str] | None = None) -> None:
     results["environment"] = ref.environment(torch.get_num_threads())
     data = load_data(DataConfig(name="fashion_mnist", path=str(args.data_dir)))
     steps = args.steps or args.epochs * len(data.train) // args.batch_size
-    for side in ("pythae", "vaekit"):
-        if side in results:
-            continue
-        if side == "pythae":
-            model, seconds = train_pythae(data.train, steps, args.seed, args.batch_size)
-        else:
-            model, seconds = train_vaekit(args, steps)
-        adapter = vaekit_adapter(model)
-        results[side] = {"train_s": seconds, "steps": steps, "samples_per_s": steps * args.batch_size / seconds,
-                         "loadavg": os.getloadavg()} | score_model(adapter, data)
-        atomic_write_json(args.out, results)
-        print(side, results[side], flush=True)
+    if not {"pythae", "vaekit"} <= results.keys():
+        pythae = PythaeLoop(data.train, args.seed, args.batch_size)
+        trainer, vaekit_model = vaekit_trainer(args)
+        seconds = {"pythae": 0.0, "vaekit": 0.0}
+        runners = {"pythae": pythae.steps, "vaekit": lambda n: engine_steps(trainer, n)}
+        for done in range(0, steps, args.block):  # interleaved blocks: both sides see the same machine load
+            count = min(args.block, steps - done)
+            for side, run in runners.items():
+                start = time.perf_counter()
+                run(count)
+                seconds[side] += time.perf_counter() - start
+        for side, model in (("pythae", pythae.model), ("vaekit", vaekit_model)):
+            results[side] = {"train_s": seconds[side], "steps": steps,
+                             "samples_per_s": steps * args.batch_size / seconds[side],
+                             "loadavg": os.getloadavg()} | score_model(vaekit_adapter(model), data)
+            atomic_write_json(args.out, results)
+            print(side, results[side], flush=True)
     results["ratio_samples_per_s_vaekit_over_pythae"] = results["vaekit"]["samples_per_s"] / results["pythae"]["samples_per_s"]
     atomic_write_json(args.out, results)
 
