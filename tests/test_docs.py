@@ -36,6 +36,18 @@ def test_cli_reference_lists_every_subcommand():
     assert all(f"## vaekit {name}" in reference for name in subcommands)
 
 
+def test_rate_distortion_plot_is_written_and_checks_its_input(tmp_path):
+    from PIL import Image
+
+    from vaekit.viz import save_rate_distortion_plot
+
+    path = save_rate_distortion_plot([3.0, 1.0, 0.1], [10.0, 12.0, 15.0], ["a", "b", "c"], tmp_path / "rd.png")
+    with Image.open(path) as image:
+        assert image.size == (500, 400)
+    with pytest.raises(ValueError, match="same length"):
+        save_rate_distortion_plot([1.0], [1.0, 2.0], ["a"], tmp_path / "bad.png")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("tutorial", ["vae.py", "wae.py", "point_clouds.py"])
 def test_tutorial_runs_end_to_end(tutorial, tmp_path):

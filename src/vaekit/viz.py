@@ -110,3 +110,25 @@ def save_posterior_plot(mean: Tensor, log_var: Tensor, kl_per_dim: Tensor, path:
     bottom.set_xlabel("latent dimension")
     figure.tight_layout()
     return _save_figure(figure, path)
+
+
+def save_rate_distortion_plot(rates: list[float], distortions: list[float], labels: list[str], path: str | Path, *,
+                              rate_label: str = "rate (nats)", distortion_label: str = "distortion (nats)") -> Path:
+    """A rate-distortion curve (Alemi et al. 2018): one labelled point per model, joined in rate order."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not len(rates) == len(distortions) == len(labels):
+        raise ValueError("rates, distortions and labels must have the same length")
+    order = sorted(range(len(rates)), key=rates.__getitem__)
+    figure, axes = plt.subplots(figsize=(5, 4), dpi=100)
+    axes.plot([rates[i] for i in order], [distortions[i] for i in order], "o-")
+    for rate, distortion, label in zip(rates, distortions, labels):
+        axes.annotate(label, (rate, distortion), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    axes.set_xlabel(rate_label)
+    axes.set_ylabel(distortion_label)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    return _save_figure(figure, path)
