@@ -217,14 +217,13 @@ def run_per_category(args: argparse.Namespace, section: dict[str, Any], save_par
     return section
 
 
-@torch.inference_mode()
 def category_scores(args: argparse.Namespace, runs: Path, ae_dir: Path, category: str) -> dict[str, Any]:
     data_overrides = ["data.name=procedural", "data.shapes_per_category=200", f"data.categories=[{category}]"]
     ae = vaekit.load(ae_dir)
     data = load_procedural(shapes_per_category=200, categories=(category,))
     reference = data.test
     scores: dict[str, Any] = {"test_clouds": len(reference)}
-    scores["ae"] = reconstruction_scores(ae, reference, 50, emd=True)
+    scores["ae"] = reconstruction_scores(ae, reference, 50, emd=True)  # (inference mode inside)
     generators = {
         "l-gmm": ["pointcloud-latent-gmm", "model.num_components=4"],
         "l-gan": ["pointcloud-latent-gan", "train.steps=2000", "train.eval_every=2000", "train.checkpoint_every=2000"],
@@ -234,7 +233,8 @@ def category_scores(args: argparse.Namespace, runs: Path, ae_dir: Path, category
         train_once([overrides[0], f"out_dir={runs}", f"name={run_dir.name}", f"parent={ae_dir}", *data_overrides,
                     *overrides[1:]], run_dir, args.quiet)
         model = vaekit.load(run_dir)
-        samples = model.sample(len(reference), generator=torch.Generator().manual_seed(0)).float()
+        with torch.inference_mode():
+            samples = model.sample(len(reference), generator=torch.Generator().manual_seed(0)).float()
         save_point_cloud_grid(samples[:10], args.pictures / f"{name}-{category}.png")
         scores[name] = chamfer_set_metrics(samples, reference)
         if args.per_category_emd:
