@@ -229,6 +229,8 @@ def category_scores(args: argparse.Namespace, runs: Path, ae_dir: Path, category
         "l-gan": ["pointcloud-latent-gan", "train.steps=2000", "train.eval_every=2000", "train.checkpoint_every=2000"],
     }
     for name, overrides in generators.items():
+        if name not in args.generators:
+            continue
         run_dir = runs / f"{name}-{category}"
         train_once([overrides[0], f"out_dir={runs}", f"name={run_dir.name}", f"parent={ae_dir}", *data_overrides,
                     *overrides[1:]], run_dir, args.quiet)
@@ -253,6 +255,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set-size", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--ae-steps", type=int, default=1500, help="per_category: the AE's training steps")
+    parser.add_argument("--generators", nargs="+", choices=("l-gmm", "l-gan"), default=["l-gmm", "l-gan"],
+                        help="per_category: which latent generators to fit and score")
     parser.add_argument("--per-category-emd", action="store_true",
                         help="per_category: also MMD-EMD and COV-EMD of the generators (exact; slow: generated "
                              "clouds against real ones prune poorly, ~1000 exact solves per table cell)")
