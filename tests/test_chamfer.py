@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vaekit.divergences import chamfer_distance
+from vaekit.divergences import chamfer_distance, nearest_squared_distances
 
 
 def _brute_force(x, y):
@@ -57,3 +57,13 @@ def test_bad_arguments():
         chamfer_distance(torch.zeros(5, 3), torch.zeros(1, 5, 3))
     with pytest.raises(ValueError, match="reduction"):
         chamfer_distance(torch.zeros(1, 5, 3), torch.zeros(1, 5, 3), reduction="max")
+
+
+@pytest.mark.parametrize("max_bytes", [64, 4096, 2 * 2**20])
+def test_values_only_path_matches_brute_force(max_bytes):
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(3, 50, 3, generator=g, dtype=torch.float64), torch.randn(3, 37, 3, generator=g, dtype=torch.float64)
+    squared = torch.cdist(x, y).pow(2)
+    to_y, to_x = nearest_squared_distances(x, y, max_bytes=max_bytes)
+    torch.testing.assert_close(to_y, squared.amin(2))
+    torch.testing.assert_close(to_x, squared.amin(1))

@@ -112,6 +112,33 @@ def nearest_indices(a: Tensor, b: Tensor, *, max_bytes: int = 2 * 2**20) -> Tens
     return nearest
 
 
+@torch.no_grad()
+def nearest_squared_distances(a: Tensor, b: Tensor, *, max_bytes: int = 2 * 2**20) -> tuple[Tensor, Tensor]:
+    """min_j ||a_i - b_j||^2 for every a_i, (B, N), and min_i ||a_i - b_j||^2 for every b_j, (B, M): values only.
+
+    One augmented matmul per cache-sized chunk (as `nearest_indices`) and two vectorised minima, no
+    argmin: the fast path for distance matrices that need no gradient. Computed in the inputs'
+    precision (at least fp32) and clamped at 0; pass float64 clouds for metric values free of the
+    cancellation in |a|^2 - 2 a.b + |b|^2.
+    """
+    a, b = at_least_fp32(a), at_least_fp32(b)
+    batch, n, _ = a.shape
+    m = b.shape[1]
+    a_augmented = torch.cat([a, a.pow(2).sum(-1, keepdim=True), a.new_ones(batch, n, 1)], -1)  # (B, N, D+2)
+    b_augmented = torch.cat([-2.0 * b, b.new_ones(batch, m, 1), b.pow(2).sum(-1, keepdim=True)], -1)
+    b_augmented = b_augmented.transpose(1, 2).contiguous()  # (B, D+2, M)
+    rows = max(1, min(n, max_bytes // (a.element_size() * batch * m)))
+    buffer = a.new_empty(batch, rows, m)
+    to_b = torch.empty(batch, n, dtype=a.dtype, device=a.device)
+    to_a = torch.full((batch, m), float("inf"), dtype=a.dtype, device=a.device)
+    for start in range(0, n, rows):
+        chunk = a_augmented[:, start : start + rows]
+        squared = torch.bmm(chunk, b_augmented, out=buffer[:, : chunk.shape[1]])  # (B, r, M)
+        to_b[:, start : start + rows] = squared.amin(2)
+        torch.minimum(to_a, squared.amin(1), out=to_a)
+    return to_b.clamp_min(0.0), to_a.clamp_min(0.0)
+
+
 def nearest_neighbour_indices(x: Tensor, y: Tensor, *, max_bytes: int = 2 * 2**20) -> tuple[Tensor, Tensor]:
     """Exact nearest neighbours both ways between point sets x (B, N, D) and y (B, M, D).
 

@@ -20,7 +20,7 @@ from scipy.stats import entropy
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vaekit.divergences import chamfer_distance
+from vaekit.divergences import chamfer_distance, nearest_squared_distances
 from vaekit.emd import earth_movers_distance
 
 
@@ -57,6 +57,8 @@ def chamfer_matrix(rows: Tensor, columns: Tensor | None = None, *, pairs_per_bat
     """Chamfer distance of every pair: rows (N, P, 3), columns (M, Q, 3) -> (N, M), float64.
 
     Without `columns`, the symmetric matrix of `rows` with itself: each pair i < j computed once.
+    Values only (`nearest_squared_distances`, no neighbour indices), in the clouds' precision:
+    float64 clouds give values free of fp32 cancellation at about twice the time.
     """
     if columns is None:
         pairs = torch.triu_indices(len(rows), len(rows), offset=1).T  # (N(N-1)/2, 2)
@@ -66,8 +68,8 @@ def chamfer_matrix(rows: Tensor, columns: Tensor | None = None, *, pairs_per_bat
         pairs = torch.stack([row_index.flatten(), column_index.flatten()], 1)  # (N*M, 2)
         out = torch.empty(len(rows), len(columns), dtype=torch.float64)
     for batch in tqdm(pairs.split(pairs_per_batch), disable=not progress, desc="chamfer pairs"):
-        values = chamfer_distance(rows[batch[:, 0]], columns[batch[:, 1]], reduction="none").double().cpu()
-        out[batch[:, 0], batch[:, 1]] = values
+        to_column, to_row = nearest_squared_distances(rows[batch[:, 0]], columns[batch[:, 1]])
+        out[batch[:, 0], batch[:, 1]] = (to_column.mean(1) + to_row.mean(1)).double().cpu()  # Chamfer, values only
     if columns is rows:
         out += out.T.clone()
     return out
