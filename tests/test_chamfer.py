@@ -3,7 +3,11 @@
 import pytest
 import torch
 
-from vaekit.divergences import chamfer_distance, nearest_squared_distances
+from vaekit import nearest
+from vaekit.divergences import chamfer_distance
+from vaekit.nearest import nearest_indices, nearest_squared_distances
+
+BACKENDS = ["fused", "matmul"]
 
 
 def _brute_force(x, y):
@@ -23,7 +27,56 @@ def test_hand_made_sets():
 def test_matches_brute_force_for_any_chunk_size(max_bytes):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(3, 50, 3, generator=g), torch.randn(3, 37, 3, generator=g)
-    torch.testing.assert_close(chamfer_distance(x, y, reduction="none", max_bytes=max_bytes), _brute_force(x, y))
+    chamfer = chamfer_distance(x, y, reduction="none", backend="matmul", max_bytes=max_bytes)
+    torch.testing.assert_close(chamfer, _brute_force(x, y))
+
+
+@pytest.mark.parametrize("dims", [2, 3, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_kernels_find_the_brute_force_neighbours(dims, dtype):
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(3, 70, dims, generator=g, dtype=dtype), torch.randn(3, 45, dims, generator=g, dtype=dtype)
+    squared = ((x[:, :, None] - y[:, None]) ** 2).sum(-1)
+    assert torch.equal(nearest_indices(x, y, backend="fused"), squared.argmin(2))
+    to_y, to_x = nearest_squared_distances(x, y, backend="fused")
+    torch.testing.assert_close(to_y, squared.amin(2))
+    torch.testing.assert_close(to_x, squared.amin(1))
+    torch.testing.assert_close(chamfer_distance(x, y, reduction="none", backend="fused"), _brute_force(x, y))
+
+
+def test_fused_indices_repair_a_row_the_index_kernel_missed(monkeypatch):
+    g = torch.Generator().manual_seed(6)
+    x, y = torch.randn(2, 30, 3, generator=g), torch.randn(2, 20, 3, generator=g)
+    expected = nearest_indices(x, y, backend="matmul")
+    first_index = nearest._kernel("first_index")
+
+    def missing_some(*args):
+        found = first_index(*args).clone()
+        found[1, ::3] = y.shape[1]  # "no distance equals the minimum": as if two kernels rounded differently
+        return found
+
+    monkeypatch.setitem(nearest._compiled, "first_index", missing_some)
+    assert torch.equal(nearest_indices(x, y, backend="fused"), expected)
+
+
+def test_auto_falls_back_to_matmul_with_one_warning(monkeypatch):
+    def no_compiler(name):
+        raise RuntimeError("InductorError: no C++ compiler found")
+
+    monkeypatch.setattr(nearest, "_kernel", no_compiler)
+    monkeypatch.setattr(nearest, "_fused_failure", None)
+    monkeypatch.delenv("VAEKIT_NEAREST", raising=False)
+    g = torch.Generator().manual_seed(7)
+    x, y = torch.randn(2, 30, 3, generator=g), torch.randn(2, 20, 3, generator=g)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        chamfer = chamfer_distance(x, y, reduction="none")
+    assert nearest.resolve_backend() == "matmul"
+    torch.testing.assert_close(chamfer, _brute_force(x, y))
+    with pytest.raises(RuntimeError, match="no C"):  # asked for by name: the failure is not hidden
+        nearest_indices(x, y, backend="fused")
+    monkeypatch.setenv("VAEKIT_NEAREST", "fastest")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        nearest_indices(x, y)
 
 
 def test_permutation_invariant_and_symmetric():
@@ -41,11 +94,12 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda a, b: chamfer_distance(a, b, reduction="sum"), (x, y))
 
 
-def test_gradient_matches_brute_force_autograd():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_matches_brute_force_autograd(backend):
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 64, 3, generator=g, requires_grad=True)
     y = torch.randn(2, 48, 3, generator=g, requires_grad=True)
-    chamfer_distance(x, y).backward()
+    chamfer_distance(x, y, backend=backend).backward()
     x2, y2 = x.detach().clone().requires_grad_(), y.detach().clone().requires_grad_()
     _brute_force(x2, y2).mean().backward()
     torch.testing.assert_close(x.grad, x2.grad)
@@ -64,6 +118,6 @@ def test_values_only_path_matches_brute_force(max_bytes):
     g = torch.Generator().manual_seed(5)
     x, y = torch.randn(3, 50, 3, generator=g, dtype=torch.float64), torch.randn(3, 37, 3, generator=g, dtype=torch.float64)
     squared = torch.cdist(x, y).pow(2)
-    to_y, to_x = nearest_squared_distances(x, y, max_bytes=max_bytes)
+    to_y, to_x = nearest_squared_distances(x, y, backend="matmul", max_bytes=max_bytes)
     torch.testing.assert_close(to_y, squared.amin(2))
     torch.testing.assert_close(to_x, squared.amin(1))

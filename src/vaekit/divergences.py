@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from vaekit.distributions import at_least_fp32
+from vaekit.nearest import Backend, nearest_neighbour_indices
 
 IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)  # Tolstikhin et al.'s code: C = s * 2 d_z sigma_p^2
 
@@ -88,68 +89,8 @@ def _check_points(points: Tensor, name: str) -> None:
         raise ValueError(f"Expected {name} of shape (N, P, D), got {tuple(points.shape)}")
 
 
-@torch.no_grad()
-def nearest_indices(a: Tensor, b: Tensor, *, max_bytes: int = 2 * 2**20) -> Tensor:
-    """Exact nearest neighbour in b of every a_i: a (B, N, D), b (B, M, D) -> (B, N) indices into b.
-
-    The squared distances come from one matmul of augmented vectors, [a, |a|^2, 1] . [-2b, 1, |b|^2]
-    = |a|^2 - 2 a.b + |b|^2, over row chunks of at most `max_bytes` written into one reused buffer
-    (small enough to stay in cache), followed by an argmin along the contiguous dimension.
-    """
-    a, b = at_least_fp32(a), at_least_fp32(b)
-    batch, n, _ = a.shape
-    m = b.shape[1]
-    ones_a, ones_b = a.new_ones(batch, n, 1), b.new_ones(batch, m, 1)
-    a_augmented = torch.cat([a, a.pow(2).sum(-1, keepdim=True), ones_a], -1)  # (B, N, D+2)
-    b_augmented = torch.cat([-2.0 * b, ones_b, b.pow(2).sum(-1, keepdim=True)], -1).transpose(1, 2).contiguous()
-    rows = max(1, min(n, max_bytes // (4 * batch * m)))
-    buffer = a.new_empty(batch, rows, m)
-    nearest = torch.empty(batch, n, dtype=torch.long, device=a.device)
-    for start in range(0, n, rows):
-        chunk = a_augmented[:, start : start + rows]
-        squared = torch.bmm(chunk, b_augmented, out=buffer[:, : chunk.shape[1]])  # (B, r, M)
-        nearest[:, start : start + rows] = squared.argmin(2)
-    return nearest
-
-
-@torch.no_grad()
-def nearest_squared_distances(a: Tensor, b: Tensor, *, max_bytes: int = 2 * 2**20) -> tuple[Tensor, Tensor]:
-    """min_j ||a_i - b_j||^2 for every a_i, (B, N), and min_i ||a_i - b_j||^2 for every b_j, (B, M): values only.
-
-    One augmented matmul per cache-sized chunk (as `nearest_indices`) and two vectorised minima, no
-    argmin: the fast path for distance matrices that need no gradient. Computed in the inputs'
-    precision (at least fp32) and clamped at 0; pass float64 clouds for metric values free of the
-    cancellation in |a|^2 - 2 a.b + |b|^2.
-    """
-    a, b = at_least_fp32(a), at_least_fp32(b)
-    batch, n, _ = a.shape
-    m = b.shape[1]
-    a_augmented = torch.cat([a, a.pow(2).sum(-1, keepdim=True), a.new_ones(batch, n, 1)], -1)  # (B, N, D+2)
-    b_augmented = torch.cat([-2.0 * b, b.new_ones(batch, m, 1), b.pow(2).sum(-1, keepdim=True)], -1)
-    b_augmented = b_augmented.transpose(1, 2).contiguous()  # (B, D+2, M)
-    rows = max(1, min(n, max_bytes // (a.element_size() * batch * m)))
-    buffer = a.new_empty(batch, rows, m)
-    to_b = torch.empty(batch, n, dtype=a.dtype, device=a.device)
-    to_a = torch.full((batch, m), float("inf"), dtype=a.dtype, device=a.device)
-    for start in range(0, n, rows):
-        chunk = a_augmented[:, start : start + rows]
-        squared = torch.bmm(chunk, b_augmented, out=buffer[:, : chunk.shape[1]])  # (B, r, M)
-        to_b[:, start : start + rows] = squared.amin(2)
-        torch.minimum(to_a, squared.amin(1), out=to_a)
-    return to_b.clamp_min(0.0), to_a.clamp_min(0.0)
-
-
-def nearest_neighbour_indices(x: Tensor, y: Tensor, *, max_bytes: int = 2 * 2**20) -> tuple[Tensor, Tensor]:
-    """Exact nearest neighbours both ways between point sets x (B, N, D) and y (B, M, D).
-
-    Returns (index of the nearest y_j for each x_i: (B, N), index of the nearest x_i for each
-    y_j: (B, M)); the (B, N, M) distance matrix is never whole (see `nearest_indices`).
-    """
-    return nearest_indices(x, y, max_bytes=max_bytes), nearest_indices(y, x, max_bytes=max_bytes)
-
-
 def chamfer_distance(x: Tensor, y: Tensor, *, reduction: Literal["none", "mean", "sum"] = "mean",
-                     max_bytes: int = 2 * 2**20) -> Tensor:
+                     backend: Backend | None = None, max_bytes: int = 2 * 2**20) -> Tensor:
     """Chamfer distance (PointFlow's convention): mean_i min_j ||x_i - y_j||^2 + mean_j min_i ||x_i - y_j||^2.
 
     x (B, N, D), y (B, M, D) -> (B,) for reduction="none". The neighbours are found without
@@ -163,7 +104,7 @@ def chamfer_distance(x: Tensor, y: Tensor, *, reduction: Literal["none", "mean",
         raise ValueError(f"x and y must agree in batch size and dimension, got {tuple(x.shape)} and {tuple(y.shape)}")
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(f'reduction must be "none", "mean" or "sum", got {reduction!r}')
-    nearest_y, nearest_x = nearest_neighbour_indices(x, y, max_bytes=max_bytes)
+    nearest_y, nearest_x = nearest_neighbour_indices(x, y, backend=backend, max_bytes=max_bytes)
     dims = x.shape[2]
     x_to_y = (x - torch.gather(y, 1, nearest_y.unsqueeze(-1).expand(-1, -1, dims))).pow(2).sum(-1)  # (B, N)
     y_to_x = (y - torch.gather(x, 1, nearest_x.unsqueeze(-1).expand(-1, -1, dims))).pow(2).sum(-1)  # (B, M)

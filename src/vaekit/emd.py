@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vaekit.divergences import nearest_neighbour_indices
+from vaekit.nearest import nearest_neighbour_indices
 
 
 def _check_pair(x: Tensor, y: Tensor) -> None:

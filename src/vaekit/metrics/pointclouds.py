@@ -20,8 +20,9 @@ from scipy.stats import entropy
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from vaekit.divergences import chamfer_distance, nearest_squared_distances
+from vaekit.divergences import chamfer_distance
 from vaekit.emd import earth_movers_distance
+from vaekit.nearest import nearest_squared_distances
 
 
 @torch.inference_mode()
