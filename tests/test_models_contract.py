@@ -59,11 +59,16 @@ def _model_and_batch(name, settings):
     return model, Batch.of(x, generator=torch.Generator().manual_seed(2))
 
 
+def _training_batch(model, batch: Batch) -> Batch:
+    """The batch as the engine hands it to `loss`: rows of `training_inputs` (a two-stage model's codes)."""
+    return Batch.of(model.training_inputs(batch.x), generator=batch.generator)
+
+
 @pytest.mark.parametrize("name,settings", CASES)
 def test_loss_terms_are_finite_and_per_sample_or_scalar(name, settings):
     model, batch = _model_and_batch(name, settings)
     for group in model.parameter_groups():
-        losses = model.loss(batch, group=group)
+        losses = model.loss(_training_batch(model, batch), group=group)
         assert losses.total.ndim == 0 and torch.isfinite(losses.total)
         for term, value in losses.terms.items():
             assert value.shape in [(batch.size,), ()], term
@@ -92,7 +97,7 @@ def test_train_step_changes_weights_and_eval_does_not(name, settings):
     model.eval()
     with torch.inference_mode():
         for group in optimizers:
-            model.loss(batch, group=group)
+            model.loss(_training_batch(model, batch), group=group)
         if can_sample(model):
             model.sample(3)
         model.reconstruct(batch.x)
@@ -102,7 +107,7 @@ def test_train_step_changes_weights_and_eval_does_not(name, settings):
         model.fit(torch.rand(50, *batch.x.shape[1:], generator=torch.Generator().manual_seed(5)))
     for group, optimizer in optimizers.items():
         optimizer.zero_grad()
-        model.loss(batch, group=group).total.backward()
+        model.loss(_training_batch(model, batch), group=group).total.backward()
         optimizer.step()
     changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
     assert changed, "a training step changed no weight"

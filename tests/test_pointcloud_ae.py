@@ -70,6 +70,28 @@ def test_latent_gan_and_gmm_sample_clouds_through_the_frozen_ae(tmp_path):
         assert list((run_dir / "samples").glob("*.png"))
 
 
+def test_latent_gan_encodes_the_training_split_once_per_run(tmp_path, monkeypatch):
+    from vaekit.models.pointcloud import PointCloudAE
+
+    parent = vaekit.train(load_config("pointcloud-ae", [
+        f"out_dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}", "data.shapes_per_category=6",
+        "data.num_points=64", "model.latent_dim=8", "train.steps=2", "train.batch_size=8",
+        "train.eval_every=2", "train.checkpoint_every=2", "train.num_threads=1"]), quiet=True)
+    encoded: list[int] = []
+    original = PointCloudAE.latent_codes
+
+    def counting(self, x):
+        encoded.append(len(x))
+        return original(self, x)
+
+    monkeypatch.setattr(PointCloudAE, "latent_codes", counting)
+    vaekit.train(load_config("pointcloud-latent-gan", [
+        f"out_dir={tmp_path}", f"parent={parent}", "train.steps=12", "train.eval_every=100",
+        "train.checkpoint_every=12", "train.batch_size=4"]), quiet=True)
+    train_size = len(load_data(vaekit.load(parent).run_config.data).train)
+    assert encoded == [train_size]  # 12 steps of 4 rows, 2 updates each: without the cache 24 encodings
+
+
 def test_cli_pictures_for_point_clouds(tmp_path):
     from vaekit.cli import main
 

@@ -204,6 +204,9 @@ class Trainer:
         self.train_seconds = 0.0  # wall time spent in training steps (not evaluation or saving), across resumes
         self.run_dir: Path | None = None
         self.train_x = data.train.to(ctx.device)
+        self.dynamic_binarization = _binarize(config) == "dynamic"
+        if self.optimizers and not self.dynamic_binarization:
+            self.train_x = self.model.training_inputs(self.train_x)  # once per run (a two-stage model's codes)
         self.order = DataOrder(
             num_examples=self.train_x.shape[0], global_batch=self.train_cfg.batch_size,
             rank=ctx.rank, world_size=ctx.world_size, seed=self.train_cfg.seed,
@@ -325,8 +328,9 @@ class Trainer:
         x = self.train_x[self.order.indices(step).to(self.ctx.device)]
         generator = step_generator(self.train_cfg.seed, step, self.ctx.device)
         batch = Batch(x=x, generator=generator, rank=self.ctx.rank, world_size=self.ctx.world_size)
-        if _binarize(self.config) == "dynamic":
+        if self.dynamic_binarization:
             x = (batch.rand(*x.shape) < x).to(x.dtype)  # Bernoulli(x), one draw per pixel per step
+            x = self.model.training_inputs(x)
             batch = Batch(x=x, generator=generator, rank=self.ctx.rank, world_size=self.ctx.world_size)
         return batch
 

@@ -36,7 +36,8 @@ class GenerativeModel(nn.Module):
       engine calls `loss(batch, group=..., step=...)`, zeroes every gradient, back-propagates
       `total` and steps only that group's optimiser, so one group's loss never moves another's
       weights;
-    - `forward` is `loss`, so DistributedDataParallel's gradient hooks see every call.
+    - `forward` is `loss`, so DistributedDataParallel's gradient hooks see every call;
+    - the batches `loss` receives hold rows of `training_inputs(data)` (the data itself by default).
 
     Two-stage models (a latent GMM or GAN on an auto-encoder's codes, a prior over VQ codes) set
     `requires_parent` and receive the parent run's frozen model through `attach_parent`; it is
@@ -58,6 +59,14 @@ class GenerativeModel(nn.Module):
     def fit(self, x: Tensor) -> dict[str, float]:
         """Fit without gradients on the whole training split (models with no parameter groups)."""
         raise NotImplementedError(f"model {self.config.name!r} is trained by gradient steps")
+
+    def training_inputs(self, x: Tensor) -> Tensor:
+        """What the training batches hold, computed from training rows x (B, ...): x itself unless overridden.
+
+        The engine applies it once to the whole training split (to each batch after a dynamic
+        binarisation), so a two-stage model encodes the data through its frozen parent once per run.
+        """
+        return x
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameter sets with their own optimiser, in update order."""
@@ -107,10 +116,14 @@ class LatentSpaceModel(GenerativeModel):
         """Create the layers or buffers that depend on the parent's code size k."""
         raise NotImplementedError
 
-    def parent_codes(self, x: Tensor) -> Tensor:
-        """The frozen parent's codes of x, without gradients: (B, k)."""
+    def parent_codes(self, x: Tensor, chunk: int = 256) -> Tensor:
+        """The frozen parent's codes of x, without gradients, `chunk` rows at a time: (B, k)."""
         with torch.no_grad():
-            return self.parent.latent_codes(x).float()
+            return torch.cat([self.parent.latent_codes(rows).float() for rows in x.split(chunk)])
+
+    def training_inputs(self, x: Tensor) -> Tensor:
+        """The parent's codes of the training rows: the data of a latent-space model, (B, k)."""
+        return self.parent_codes(x)
 
     def reconstruct(self, x: Tensor) -> Tensor:
         return self.parent.reconstruct(x)

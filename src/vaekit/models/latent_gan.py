@@ -59,7 +59,7 @@ class LatentGAN(LatentSpaceModel):
         return self.config.noise_std * batch.randn(batch.size, self.config.noise_dim)
 
     def loss(self, batch: Batch, *, group: str = "model", step: int = 0) -> Losses:
-        real = self.parent_codes(batch.x)  # (B, k)
+        real = batch.x  # (B, k): the parent's codes (`training_inputs`)
         fake = self.generator(self._noise(batch))  # (B, k)
         if group == "discriminator":
             return self._discriminator_loss(real, fake.detach(), batch)

@@ -41,11 +41,8 @@ class LatentGMM(LatentSpaceModel):
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         return {}
 
-    def _codes(self, x: Tensor) -> Tensor:
-        return torch.cat([self.parent_codes(c) for c in x.split(self.config.codes_per_chunk)])
-
     def fit(self, x: Tensor) -> dict[str, float]:
-        return self.mixture.fit(self._codes(x), max_iter=self.config.max_iter, seed=self.config.seed,
+        return self.mixture.fit(self.parent_codes(x, self.config.codes_per_chunk), max_iter=self.config.max_iter, seed=self.config.seed,
                                 reg_covar=self.config.reg_covar)
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
@@ -53,4 +50,4 @@ class LatentGMM(LatentSpaceModel):
 
     def extra_scores(self, x: Tensor) -> dict[str, float]:
         """Mean log-density of the test split's codes under the mixture (nats per image)."""
-        return {"latent_log_likelihood": self.mixture.log_prob(self._codes(x)).mean().item()}
+        return {"latent_log_likelihood": self.mixture.log_prob(self.parent_codes(x, self.config.codes_per_chunk)).mean().item()}
