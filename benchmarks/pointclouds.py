@@ -17,8 +17,9 @@ rerun, and the EMD search resumes from its state file):
                 and on 16 shapes against jittered (sigma 0.01), shuffled copies, the situation of
                 an AE's loss late in training.
   per_category  the paper's tables on the procedural data: one AE (preset pointcloud-ae, all five
-                categories, 200 shapes each, --ae-steps steps), then per category an l-GMM and an l-GAN on that
-                category's codes (two-stage runs); per category the AE's test reconstruction CD and
+                categories, 200 shapes each, --ae-steps steps), then per category an l-GMM, an l-GAN (the
+                paper's GAN loss, 5000 steps) and an l-WGAN (WGAN-GP, 2000 steps) on that category's
+                codes (two-stage runs); per category the AE's test reconstruction CD and
                 exact EMD, the linear-SVM accuracy, and for each generator JSD, MMD-CD, COV-CD and
                 1-NNA-CD (with --per-category-emd also MMD-EMD and COV-EMD) of |R| samples against the category's test clouds R (JSD on the
                 clouds halved: unit-sphere clouds then fit PointFlow's [-0.5, 0.5]^3 grid);
@@ -155,8 +156,10 @@ def run_emd_suite(args: argparse.Namespace, save_partial: Callable[[dict[str, An
     save_partial(section)
     state_path = args.work_dir / "emd_suite_state.npz"
     start = time.perf_counter()
-    metrics = emd_set_metrics(samples, references, state_path=state_path, progress=not args.quiet)
+    metrics = emd_set_metrics(samples, references, state_path=state_path, workers=args.emd_workers,
+                              progress=not args.quiet)
     section |= metrics | {"seconds_this_call": time.perf_counter() - start, "loadavg_end": os.getloadavg(),
+                          "workers": args.emd_workers, "threads": torch.get_num_threads(),
                           "solved_share": metrics["emd_exact_solves"] / metrics["emd_pairs"]}
     return section
 
@@ -214,27 +217,29 @@ def run_per_category(args: argparse.Namespace, section: dict[str, Any], save_par
         ae = vaekit.load(ae_dir)
         section["ae_all_categories"] = evaluate(ae, load_procedural(shapes_per_category=200), ae.run_config.eval)
         save_partial(section)
-    for category in CATEGORIES:
-        if category in section.get("categories", {}):
-            continue
-        section.setdefault("categories", {})[category] = category_scores(args, runs, ae_dir, category)
-        save_partial(section)
+    for category in CATEGORIES:  # what a category already has (AE scores, a generator's) is kept
+        scores = section.setdefault("categories", {}).setdefault(category, {})
+        category_scores(args, runs, ae_dir, category, scores, lambda: save_partial(section))
     return section
 
 
-def category_scores(args: argparse.Namespace, runs: Path, ae_dir: Path, category: str) -> dict[str, Any]:
+def category_scores(args: argparse.Namespace, runs: Path, ae_dir: Path, category: str, scores: dict[str, Any],
+                    save: Callable[[], None]) -> None:
+    """Fill in what `scores` lacks for one category (the AE's, then each generator's), saving after each."""
     data_overrides = ["data.name=procedural", "data.shapes_per_category=200", f"data.categories=[{category}]"]
-    ae = vaekit.load(ae_dir)
-    data = load_procedural(shapes_per_category=200, categories=(category,))
-    reference = data.test
-    scores: dict[str, Any] = {"test_clouds": len(reference)}
-    scores["ae"] = reconstruction_scores(ae, reference, 50, emd=True)  # (inference mode inside)
+    reference = load_procedural(shapes_per_category=200, categories=(category,)).test
+    if "ae" not in scores:
+        scores["test_clouds"] = len(reference)
+        scores["ae"] = reconstruction_scores(vaekit.load(ae_dir), reference, 50, emd=True)  # (inference mode inside)
+        save()
     generators = {
         "l-gmm": ["pointcloud-latent-gmm", "model.num_components=4"],
-        "l-gan": ["pointcloud-latent-gan", "train.steps=2000", "train.eval_every=2000", "train.checkpoint_every=2000"],
+        "l-gan": ["pointcloud-latent-gan", "train.steps=5000", "train.eval_every=5000", "train.checkpoint_every=5000"],
+        "l-wgan": ["pointcloud-latent-gan", "model.loss=wgan-gp", "train.steps=2000", "train.eval_every=2000",
+                   "train.checkpoint_every=2000"],
     }
     for name, overrides in generators.items():
-        if name not in args.generators:
+        if name not in args.generators or (name in scores and (not args.per_category_emd or "mmd_emd" in scores[name])):
             continue
         run_dir = runs / f"{name}-{category}"
         train_once([overrides[0], f"out_dir={runs}", f"name={run_dir.name}", f"parent={ae_dir}", *data_overrides,
@@ -245,10 +250,11 @@ def category_scores(args: argparse.Namespace, runs: Path, ae_dir: Path, category
         save_point_cloud_grid(samples[:10], args.pictures / f"{name}-{category}.png")
         scores[name] = chamfer_set_metrics(samples, reference)
         if args.per_category_emd:
-            scores[name] |= emd_set_metrics(samples, reference, metrics=("mmd", "cov"))
+            scores[name] |= emd_set_metrics(samples, reference, metrics=("mmd", "cov"), workers=args.emd_workers)
         # the clouds fill the unit sphere; halved, they fit the [-0.5, 0.5]^3 grid of PointFlow's JSD
         scores[name]["jsd"] = jensen_shannon_divergence(samples / 2, reference / 2)
-    return scores
+        scores[name]["train_wall_s"] = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1]).get("train_seconds")
+        save()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -260,11 +266,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set-size", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--ae-steps", type=int, default=1500, help="per_category: the AE's training steps")
-    parser.add_argument("--generators", nargs="+", choices=("l-gmm", "l-gan"), default=["l-gmm", "l-gan"],
+    parser.add_argument("--generators", nargs="+", choices=("l-gmm", "l-gan", "l-wgan"), default=["l-gmm", "l-gan", "l-wgan"],
                         help="per_category: which latent generators to fit and score")
     parser.add_argument("--per-category-emd", action="store_true",
                         help="per_category: also MMD-EMD and COV-EMD of the generators (exact; slow: generated "
                              "clouds against real ones prune poorly, ~1000 exact solves per table cell)")
+    parser.add_argument("--emd-workers", type=int, default=2, help="threads answering EMD nearest-neighbour queries")
     parser.add_argument("--rerun", action="store_true", help="measure the named sections again even if finished")
     parser.add_argument("--quiet", action="store_true")
     return parser.parse_args(argv)

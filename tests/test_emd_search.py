@@ -52,6 +52,41 @@ def test_pruned_search_matches_brute_force_and_solves_fewer_pairs():
     assert 0 < pruned["emd_exact_solves"] < pruned["emd_pairs"]
 
 
+@pytest.mark.parametrize("seed", [0, 4])
+def test_searches_in_several_threads_give_the_brute_force_values(seed):
+    samples, references = _sets(seed=seed, points=48)
+    threaded = emd_set_metrics(samples, references, workers=3)
+    expected = _brute_force(samples, references)
+    for key, value in expected.items():
+        assert threaded[key] == pytest.approx(value, rel=1e-12, abs=1e-15)
+
+
+def test_nearest_exact_requeues_entries_another_search_raised(monkeypatch):
+    from vaekit.metrics import emd_search
+
+    samples, references = _sets(seed=5)
+    clouds = torch.cat([samples, references]).double()
+    state = SearchState.load_or_new(None, len(clouds))
+    sliced_lower_bounds(clouds, state)
+    candidates = np.arange(1, len(clouds))
+    exact = dict(zip(candidates.tolist(), (earth_movers_distance(clouds[0], clouds[c]) for c in candidates)))
+    best = min(exact, key=exact.get)
+    original, raced = emd_search._refine, []
+
+    def racing(query, candidate, *args):
+        if not raced:  # meanwhile another thread solves a queued pair whose bound sits below the best EMD
+            queued = [c for c in exact if c not in (best, candidate) and state.distances[0, c] < exact[best]]
+            other = min(queued, key=lambda c: state.distances[0, c])
+            state.distances[0, other] = state.distances[other, 0] = exact[other]
+            state.level[0, other] = state.level[other, 0] = EXACT
+            raced.append(other)
+        return original(query, candidate, *args)
+
+    monkeypatch.setattr(emd_search, "_refine", racing)
+    assert nearest_exact(0, candidates, clouds, state) == best  # not `other` on the strength of its stale bound
+    assert raced and exact[raced[0]] > exact[best]
+
+
 def test_cross_set_metrics_alone_need_fewer_solves_and_agree():
     samples, references = _sets(seed=3)
     every = emd_set_metrics(samples, references)

@@ -17,7 +17,9 @@ their state to an .npz file (atomically) as they go and resume from it.
 from __future__ import annotations
 
 import heapq
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,45 +105,68 @@ def sliced_lower_bounds(clouds: Tensor, state: SearchState, *, num_directions: i
             last_save = time.monotonic()
 
 
-def _refine(query: int, candidate: int, clouds: Tensor, state: SearchState) -> float:
-    """Tighten one pair a level: add the nearest-neighbour bound, or solve it exactly. Returns the new value."""
-    if state.level[query, candidate] == SLICED:
+def _refine(query: int, candidate: int, clouds: Tensor, state: SearchState, lock: threading.Lock) -> None:
+    """Tighten one pair a level: add the nearest-neighbour bound, or solve it exactly.
+
+    The work runs outside `lock` (POT and torch release the GIL, so searches in several threads
+    overlap); the write happens under it and only ever raises a pair's level, so a pair another
+    thread solved meanwhile is never set back to a bound.
+    """
+    with lock:
+        level = state.level[query, candidate]
+    if level == EXACT:
+        return
+    if level == SLICED:
         nearest = nearest_neighbour_bound(clouds[query].unsqueeze(0), clouds[candidate].unsqueeze(0)).item() - SAFETY
-        value, level = max(state.distances[query, candidate], nearest), NEAREST
+        value, new_level = nearest, NEAREST
     else:
         first, second = sorted((query, candidate))  # one order per pair: the same float64 value every time
-        value, level = earth_movers_distance(clouds[first], clouds[second]), EXACT
-    state.distances[query, candidate] = state.distances[candidate, query] = value
-    state.level[query, candidate] = state.level[candidate, query] = level
-    return value
+        value, new_level = earth_movers_distance(clouds[first], clouds[second]), EXACT
+    with lock:
+        if new_level > state.level[query, candidate]:
+            value = value if new_level == EXACT else max(value, state.distances[query, candidate])
+            state.distances[query, candidate] = state.distances[candidate, query] = value
+            state.level[query, candidate] = state.level[candidate, query] = new_level
 
 
-def nearest_exact(query: int, candidates: np.ndarray, clouds: Tensor, state: SearchState) -> int:
+def nearest_exact(query: int, candidates: np.ndarray, clouds: Tensor, state: SearchState,
+                  lock: threading.Lock | None = None) -> int:
     """Make the minimum of distances[query, candidates] exact (best-first branch and bound); returns its index.
 
     The candidate with the lowest entry is tightened a level at a time (sliced bound -> also the
     nearest-neighbour bound -> exact) until the lowest entry is exact: every other entry is then a
-    lower bound at least as large, so no candidate is nearer.
+    lower bound at least as large, so no candidate is nearer. Entries other threads raised since
+    they were queued are re-queued at their current value first.
     """
-    entries = state.distances[query, candidates]
-    heap = list(zip(entries.tolist(), candidates.tolist()))
+    lock = lock or threading.Lock()
+    with lock:
+        heap = list(zip(state.distances[query, candidates].tolist(), candidates.tolist()))
     heapq.heapify(heap)
     while True:
-        candidate = heap[0][1]
-        if state.level[query, candidate] == EXACT:
+        queued, candidate = heap[0]
+        with lock:
+            current, level = state.distances[query, candidate], state.level[query, candidate]
+        if current != queued:
+            heapq.heapreplace(heap, (current, candidate))
+        elif level == EXACT:
             return candidate
-        heapq.heapreplace(heap, (_refine(query, candidate, clouds, state), candidate))
+        else:
+            _refine(query, candidate, clouds, state, lock)
+            with lock:
+                heapq.heapreplace(heap, (state.distances[query, candidate], candidate))
 
 
 def emd_set_metrics(samples: Tensor, references: Tensor, *, metrics: tuple[str, ...] = ("mmd", "cov", "1nna"),
                     num_directions: int = 128, state_path: Path | None = None, save_every_s: float = 60.0,
-                    progress: bool = False) -> dict[str, float]:
+                    workers: int = 1, progress: bool = False) -> dict[str, float]:
     """MMD-EMD, COV-EMD and 1-NNA-EMD between a generated set S (|S|, P, 3) and a reference set R (|R|, P, 3), exact.
 
     `metrics` picks which to compute: MMD and COV only query across the sets, 1-NNA also within
     them (most of the work). Also reports how many of the distinct pairs were solved exactly and how many each bound pruned
     (pairs a query never reached keep the sliced bound). `state_path` makes the
-    search resumable (it is written every `save_every_s` seconds and at the end).
+    search resumable (it is written every `save_every_s` seconds and at the end). `workers` threads
+    answer queries side by side, sharing what each learns (the exact solves release the GIL): the
+    values are the same for any number, the solve count may differ slightly.
     """
     if samples.ndim != 3 or references.ndim != 3 or samples.shape[1:] != references.shape[1:]:
         raise ValueError(f"Expected sets of equal-size clouds (N, P, 3), got {tuple(samples.shape)} and {tuple(references.shape)}")
@@ -157,14 +182,18 @@ def emd_set_metrics(samples: Tensor, references: Tensor, *, metrics: tuple[str, 
     queries = [(i, np.delete(everyone, i)) for i in range(size)] if "1nna" in metrics else []  # nearest in S + R
     queries += [(s, everyone[num_samples:]) for s in range(num_samples)] if "cov" in metrics else []  # nearest reference
     queries += [(r, everyone[:num_samples]) for r in range(num_samples, size)] if "mmd" in metrics else []  # nearest sample
+    lock = threading.Lock()
     last_save = time.monotonic()
-    for index in tqdm(range(state.queries_done, len(queries)), disable=not progress, desc="EMD nearest neighbours",
-                      initial=state.queries_done, total=len(queries)):
-        nearest_exact(*queries[index], clouds, state)
-        state.queries_done = index + 1
-        if checkpoint is not None and time.monotonic() - last_save > save_every_s:
-            state.save(checkpoint[0])
-            last_save = time.monotonic()
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(queries), initial=state.queries_done, disable=not progress,
+                                                   desc="EMD nearest neighbours") as bar:
+        while state.queries_done < len(queries):  # rounds of queries; the state counts whole rounds only
+            round_ = queries[state.queries_done : state.queries_done + 4 * workers]
+            list(pool.map(lambda query: nearest_exact(*query, clouds, state, lock), round_))
+            state.queries_done += len(round_)
+            bar.update(len(round_))
+            if checkpoint is not None and time.monotonic() - last_save > save_every_s:
+                state.save(checkpoint[0])
+                last_save = time.monotonic()
     if checkpoint is not None:
         state.save(checkpoint[0])
     matrix = torch.from_numpy(state.distances)
