@@ -108,6 +108,8 @@ def _fused_minima(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _fused_indices(a: Tensor, b: Tensor, max_bytes: int) -> Tensor:
+    if b.shape[1] >= 2**24:  # positions travel as floats in the kernel: exact below 2^24 only
+        return _matmul_indices(a, b, max_bytes)
     a_t, b_t = _coordinate_major(a), _coordinate_major(b)
     minima = _kernel("row_minima")(a_t, b_t)
     positions = torch.arange(b.shape[1], dtype=a_t.dtype, device=a.device)
