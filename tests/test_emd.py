@@ -6,6 +6,8 @@ from scipy.optimize import linear_sum_assignment
 
 from vaekit.emd import (
     auction_assignment,
+    coarse_cloud,
+    coarse_dual_bound,
     earth_movers_distance,
     euclidean_cost,
     matched_emd,
@@ -100,6 +102,20 @@ def test_max_sliced_bound_never_exceeds_the_exact_emd_and_tightens_with_directio
     assert torch.all(blocked <= bound_many + 1e-12) and torch.all(blocked > 0.9 * bound_many)
     with pytest.raises(ValueError, match="divide"):
         sorted_projections(x, many, blocks=7)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_coarse_dual_bound_never_exceeds_the_exact_emd_and_tightens_with_clusters(seed):
+    g = torch.Generator().manual_seed(seed)
+    shape = torch.rand(200, 3, generator=g, dtype=torch.float64) * torch.tensor([1.0, 0.4, 0.2], dtype=torch.float64)
+    x = shape + 0.02 * torch.randn(200, 3, generator=g, dtype=torch.float64)  # two noisy copies of one shape,
+    y = 1.1 * shape[torch.randperm(200, generator=g)] + 0.02 * torch.randn(200, 3, generator=g, dtype=torch.float64)
+    exact = earth_movers_distance(x, y)  # where the nearest-neighbour bound is weak
+    nearest = nearest_neighbour_bound(x.unsqueeze(0), y.unsqueeze(0)).item()
+    bounds = [coarse_dual_bound(x, y, coarse_cloud(x, k), coarse_cloud(y, k)) for k in (4, 25, 200)]
+    assert all(bound <= exact + 1e-12 for bound in bounds)
+    assert bounds[1] > max(nearest, 0.7 * exact)  # informative: above the nearest-neighbour bound
+    assert bounds[2] == pytest.approx(exact, rel=1e-9)  # one point per cluster: the coarse dual is the exact one
 
 
 def test_auction_refuses_bad_input():

@@ -6,7 +6,9 @@ branch-and-bound search answers them exactly: every pair holds a certified lower
 (float64, minus a margin, so rounding cannot break it), and a query tightens the pair with the
 lowest entry, best first, until that entry is exact. Pairs start with
 the max-sliced bound (cheap for all pairs); a pair at the front of a query's queue gets the
-nearest-neighbour bound, then an exact solve. Values are cached per pair and shared by all queries.
+nearest-neighbour bound (milliseconds), then the coarse dual bound (k-means summaries of the two
+clouds, their exact transport made feasible for the points: ~50 ms, within a few percent), then an
+exact solve (~0.3-0.5 s). Values are cached per pair and shared by all queries.
 
 The result is a matrix holding the exact EMD where solved and the lower bound elsewhere; every
 row or column a metric takes the minimum of holds its true minimum exactly, so the metric
@@ -29,6 +31,9 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from vaekit.emd import (
+    CoarseCloud,
+    coarse_cloud,
+    coarse_dual_bound,
     earth_movers_distance,
     max_sliced_bound,
     nearest_neighbour_bound,
@@ -44,7 +49,9 @@ from vaekit.metrics.pointclouds import (
 )
 
 SAFETY = 1e-9  # subtracted from every bound: float64 rounding can never turn a bound into an overestimate
-SLICED, NEAREST, EXACT = 0, 1, 2  # what a pair's entry holds: max-sliced bound, also the nearest-neighbour bound, exact
+# what a pair's entry holds: the max-sliced bound, also the nearest-neighbour bound, also the coarse dual bound, exact
+SLICED, NEAREST, COARSE, EXACT = 0, 1, 2, 3
+STATE_FORMAT = 2  # saved searches of another format are refused, not misread
 
 
 @dataclass
@@ -61,13 +68,15 @@ class SearchState:
 
         buffer = io.BytesIO()
         np.savez(buffer, distances=self.distances, level=self.level,
-                 progress=np.array([self.rows_bounded, self.queries_done]))
+                 progress=np.array([self.rows_bounded, self.queries_done]), format=np.array(STATE_FORMAT))
         atomic_write_bytes(path, buffer.getvalue())
 
     @classmethod
     def load_or_new(cls, path: Path | None, size: int) -> SearchState:
         if path is not None and path.exists():
             with np.load(path) as stored:
+                if "format" not in stored or int(stored["format"]) != STATE_FORMAT:
+                    raise ValueError(f"{path} holds a search saved by another version of vaekit; delete it to start afresh")
                 if stored["distances"].shape != (size, size):
                     raise ValueError(f"{path} holds a search over {stored['distances'].shape[0]} clouds, not {size}")
                 rows, queries = stored["progress"].tolist()
@@ -105,22 +114,39 @@ def sliced_lower_bounds(clouds: Tensor, state: SearchState, *, num_directions: i
             last_save = time.monotonic()
 
 
-def _refine(query: int, candidate: int, clouds: Tensor, state: SearchState, lock: threading.Lock) -> None:
-    """Tighten one pair a level: add the nearest-neighbour bound, or solve it exactly.
+@dataclass
+class _Coarse:
+    """k-means summaries of the clouds, made on first use and shared by the threads."""
 
-    The work runs outside `lock` (POT and torch release the GIL, so searches in several threads
-    overlap); the write happens under it and only ever raises a pair's level, so a pair another
-    thread solved meanwhile is never set back to a bound.
+    clusters: int
+    summaries: dict[int, CoarseCloud]
+
+    def of(self, index: int, clouds: Tensor) -> CoarseCloud:
+        if index not in self.summaries:
+            self.summaries[index] = coarse_cloud(clouds[index], self.clusters)
+        return self.summaries[index]
+
+
+def _refine(query: int, candidate: int, clouds: Tensor, state: SearchState, lock: threading.Lock,
+            coarse: _Coarse) -> None:
+    """Tighten one pair a level: add the nearest-neighbour bound, then the coarse dual bound, or solve it exactly.
+
+    The work runs outside `lock` (POT, scikit-learn and torch release the GIL, so searches in
+    several threads overlap); the write happens under it and only ever raises a pair's level, so
+    a pair another thread solved meanwhile is never set back to a bound.
     """
     with lock:
         level = state.level[query, candidate]
+    first, second = sorted((query, candidate))  # one order per pair: the same float64 value every time
     if level == EXACT:
         return
     if level == SLICED:
-        nearest = nearest_neighbour_bound(clouds[query].unsqueeze(0), clouds[candidate].unsqueeze(0)).item() - SAFETY
-        value, new_level = nearest, NEAREST
+        nearest = nearest_neighbour_bound(clouds[query].unsqueeze(0), clouds[candidate].unsqueeze(0)).item()
+        value, new_level = nearest - SAFETY, NEAREST
+    elif level == NEAREST:
+        bound = coarse_dual_bound(clouds[first], clouds[second], coarse.of(first, clouds), coarse.of(second, clouds))
+        value, new_level = bound - SAFETY, COARSE
     else:
-        first, second = sorted((query, candidate))  # one order per pair: the same float64 value every time
         value, new_level = earth_movers_distance(clouds[first], clouds[second]), EXACT
     with lock:
         if new_level > state.level[query, candidate]:
@@ -130,15 +156,16 @@ def _refine(query: int, candidate: int, clouds: Tensor, state: SearchState, lock
 
 
 def nearest_exact(query: int, candidates: np.ndarray, clouds: Tensor, state: SearchState,
-                  lock: threading.Lock | None = None) -> int:
+                  lock: threading.Lock | None = None, coarse: _Coarse | None = None) -> int:
     """Make the minimum of distances[query, candidates] exact (best-first branch and bound); returns its index.
 
     The candidate with the lowest entry is tightened a level at a time (sliced bound -> also the
-    nearest-neighbour bound -> exact) until the lowest entry is exact: every other entry is then a
+    nearest-neighbour bound -> also the coarse dual bound -> exact) until the lowest entry is exact: every other entry is then a
     lower bound at least as large, so no candidate is nearer. Entries other threads raised since
     they were queued are re-queued at their current value first.
     """
     lock = lock or threading.Lock()
+    coarse = coarse or _Coarse(clusters=max(1, clouds.shape[1] // 8), summaries={})
     with lock:
         heap = list(zip(state.distances[query, candidates].tolist(), candidates.tolist()))
     heapq.heapify(heap)
@@ -151,7 +178,7 @@ def nearest_exact(query: int, candidates: np.ndarray, clouds: Tensor, state: Sea
         elif level == EXACT:
             return candidate
         else:
-            _refine(query, candidate, clouds, state, lock)
+            _refine(query, candidate, clouds, state, lock, coarse)
             with lock:
                 heapq.heapreplace(heap, (state.distances[query, candidate], candidate))
 
@@ -182,13 +209,13 @@ def emd_set_metrics(samples: Tensor, references: Tensor, *, metrics: tuple[str, 
     queries = [(i, np.delete(everyone, i)) for i in range(size)] if "1nna" in metrics else []  # nearest in S + R
     queries += [(s, everyone[num_samples:]) for s in range(num_samples)] if "cov" in metrics else []  # nearest reference
     queries += [(r, everyone[:num_samples]) for r in range(num_samples, size)] if "mmd" in metrics else []  # nearest sample
-    lock = threading.Lock()
+    lock, coarse = threading.Lock(), _Coarse(clusters=max(1, clouds.shape[1] // 8), summaries={})
     last_save = time.monotonic()
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(queries), initial=state.queries_done, disable=not progress,
                                                    desc="EMD nearest neighbours") as bar:
         while state.queries_done < len(queries):  # rounds of queries; the state counts whole rounds only
             round_ = queries[state.queries_done : state.queries_done + 4 * workers]
-            list(pool.map(lambda query: nearest_exact(*query, clouds, state, lock), round_))
+            list(pool.map(lambda query: nearest_exact(*query, clouds, state, lock, coarse), round_))
             state.queries_done += len(round_)
             bar.update(len(round_))
             if checkpoint is not None and time.monotonic() - last_save > save_every_s:
@@ -200,11 +227,13 @@ def emd_set_metrics(samples: Tensor, references: Tensor, *, metrics: tuple[str, 
     distances = SetDistances(sample_reference=matrix[:num_samples, num_samples:],
                              sample_sample=matrix[:num_samples, :num_samples],
                              reference_reference=matrix[num_samples:, num_samples:])
-    pairs, pruned_by_nearest = size * (size - 1) // 2, int((state.level == NEAREST).sum() // 2)
+    pairs = size * (size - 1) // 2
+    pruned_by_nearest, pruned_by_coarse = int((state.level == NEAREST).sum() // 2), int((state.level == COARSE).sum() // 2)
     scores = {"mmd_emd": minimum_matching_distance, "cov_emd": coverage, "1nna_emd": one_nearest_neighbour_accuracy}
     return {name: score(distances) for name, score in scores.items() if name.split("_")[0] in metrics} | {
         "emd_pairs": pairs,
         "emd_exact_solves": state.exact_solves(),
         "emd_pruned_by_nearest_neighbour_bound": pruned_by_nearest,
-        "emd_pruned_by_sliced_bound": pairs - state.exact_solves() - pruned_by_nearest,
+        "emd_pruned_by_coarse_dual_bound": pruned_by_coarse,
+        "emd_pruned_by_sliced_bound": pairs - state.exact_solves() - pruned_by_nearest - pruned_by_coarse,
     }
