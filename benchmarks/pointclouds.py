@@ -143,17 +143,21 @@ def run_cd_suite(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_emd_suite(args: argparse.Namespace, save_partial: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def run_emd_suite(args: argparse.Namespace, section: dict[str, Any],
+                  save_partial: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     samples, references = suite_sets(args)
-    section: dict[str, Any] = {"set_size": len(samples)}
-    subset = emd_set_metrics(samples[:15], references[:15])
-    brute = brute_force_emd_metrics(samples[:15], references[:15])
-    section["subset_15_vs_15"] = {"pruned": subset, "brute_force": brute,
-                                 "identical": all(subset[k] == brute[k] for k in brute)}
-    jitter = 0.01 * torch.randn(samples[:16].shape, generator=torch.Generator().manual_seed(1))
-    section["auction"] = {"different_shapes": auction_error(samples[:16], references[:16]),
-                          "jittered_copies": auction_error(samples[:16], (samples[:16] + jitter)[:, torch.randperm(2048)])}
-    save_partial(section)
+    section["set_size"] = len(samples)
+    if "subset_15_vs_15" not in section:  # parts already measured (a resumed run) are kept
+        subset = emd_set_metrics(samples[:15], references[:15])
+        brute = brute_force_emd_metrics(samples[:15], references[:15])
+        section["subset_15_vs_15"] = {"pruned": subset, "brute_force": brute,
+                                     "identical": all(subset[k] == brute[k] for k in brute)}
+        save_partial(section)
+    if "auction" not in section:
+        jitter = 0.01 * torch.randn(samples[:16].shape, generator=torch.Generator().manual_seed(1))
+        section["auction"] = {"different_shapes": auction_error(samples[:16], references[:16]),
+                              "jittered_copies": auction_error(samples[:16], (samples[:16] + jitter)[:, torch.randperm(2048)])}
+        save_partial(section)
     state_path = args.work_dir / "emd_suite_state.npz"
     start = time.perf_counter()
     metrics = emd_set_metrics(samples, references, state_path=state_path, workers=args.emd_workers,
@@ -298,7 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         elif name == "cd_suite":
             section = run_cd_suite(args)
         elif name == "emd_suite":
-            section = run_emd_suite(args, save_partial(name))
+            section = run_emd_suite(args, {} if args.rerun else results.get(name, {}), save_partial(name))
         else:
             section = run_per_category(args, results.get(name, {}), save_partial(name))
         results[name] = section | {"finished": True}

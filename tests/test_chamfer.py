@@ -7,7 +7,7 @@ import torch
 
 from vaekit import nearest
 from vaekit.divergences import chamfer_distance
-from vaekit.nearest import nearest_indices, nearest_squared_distances
+from vaekit.nearest import nearest_indices, nearest_squared_distances, offset_distance_minima
 
 HAS_COMPILER = any(shutil.which(name) for name in ("g++", "clang++", "c++"))
 needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason="the fused kernels need a C++ compiler")
@@ -127,3 +127,13 @@ def test_values_only_path_matches_brute_force(max_bytes):
     to_y, to_x = nearest_squared_distances(x, y, backend="matmul", max_bytes=max_bytes)
     torch.testing.assert_close(to_y, squared.amin(2))
     torch.testing.assert_close(to_x, squared.amin(1))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_offset_distance_minima_is_the_c_transform(backend):
+    g = torch.Generator().manual_seed(8)
+    x, y = torch.randn(2, 40, 3, generator=g, dtype=torch.float64), torch.randn(2, 25, 3, generator=g, dtype=torch.float64)
+    offset = torch.randn(2, 25, generator=g, dtype=torch.float64)
+    expected = (torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist") - offset[:, None, :]).amin(2)
+    torch.testing.assert_close(offset_distance_minima(x, y, offset, backend=backend, max_bytes=2048), expected)
+

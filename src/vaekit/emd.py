@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from vaekit.nearest import nearest_neighbour_indices
+from vaekit.nearest import nearest_neighbour_indices, offset_distance_minima
 
 
 def _check_pair(x: Tensor, y: Tensor) -> None:
@@ -129,11 +129,11 @@ def coarse_dual_bound(x: Tensor, y: Tensor, coarse_x: CoarseCloud, coarse_y: Coa
     _, log = ot.emd(coarse_x.weights, coarse_y.weights, coarse_cost, log=True)
     if log["result_code"] != 1:
         raise RuntimeError(f"coarse transport did not reach the optimum: {log['warning']}")
-    potential_y = torch.from_numpy(log["v"])  # (k,)
-    f = (torch.cdist(x, coarse_y.centroids) - potential_y).amin(1)  # (P,)
-    cost = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")  # (P, P)
-    g = (cost - f[:, None]).amin(0)
-    f = (cost - g[None, :]).amin(1)
+    potential_y = torch.from_numpy(log["v"])[None]  # (1, k)
+    x, y = x[None], y[None]  # (1, P, D)
+    f = offset_distance_minima(x, coarse_y.centroids[None], potential_y)  # (1, P): onto x's points
+    g = offset_distance_minima(y, x, f)  # g_j = min_i ||x_i - y_j|| - f_i
+    f = offset_distance_minima(x, y, g)  # f_i = min_j ||x_i - y_j|| - g_j
     return (f.mean() + g.mean()).item()
 
 

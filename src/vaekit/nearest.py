@@ -51,12 +51,18 @@ def _first_index_of_minimum(a_t: Tensor, b_t: Tensor, minima: Tensor, positions:
     return torch.where(squared <= minima[..., None], positions, float(b_t.shape[2])).amin(2)
 
 
+def _offset_distance_minima(a_t: Tensor, b_t: Tensor, offset: Tensor) -> Tensor:
+    """min_j ||a_i - b_j|| - offset_j, Euclidean (not squared): (B, N)."""
+    return (_squared_distances_by_coordinate(a_t, b_t).sqrt() - offset[:, None, :]).amin(2)
+
+
 _compiled: dict[str, Callable[..., Tensor]] = {}
 
 
 def _kernel(name: str) -> Callable[..., Tensor]:
     if name not in _compiled:
-        function = {"row_minima": _row_minima, "first_index": _first_index_of_minimum}[name]
+        function = {"row_minima": _row_minima, "first_index": _first_index_of_minimum,
+                    "offset_minima": _offset_distance_minima}[name]
         _compiled[name] = torch.compile(function, dynamic=True, fullgraph=True)
     return _compiled[name]
 
@@ -177,6 +183,27 @@ def nearest_squared_distances(a: Tensor, b: Tensor, *, backend: Backend | None =
     in fp32 (pass float64 clouds there), the fused backend does not.
     """
     return _dispatch(backend, lambda: _fused_minima(a, b), lambda: _matmul_minima(a, b, max_bytes))
+
+
+@torch.no_grad()
+def offset_distance_minima(a: Tensor, b: Tensor, offset: Tensor, *, backend: Backend | None = None,
+                           max_bytes: int = 2 * 2**20) -> Tensor:
+    """min_j (||a_i - b_j|| - offset_j) for every a_i: a (B, N, D), b (B, M, D), offset (B, M) -> (B, N).
+
+    The c-transform of optimal transport with the Euclidean cost (Peyre & Cuturi 2019, sec. 3.1):
+    with offset = g it gives the best f with f_i + g_j <= ||a_i - b_j||. In the inputs' precision
+    (at least fp32), distances from direct differences in both backends.
+    """
+    def fused() -> Tensor:
+        return _kernel("offset_minima")(_coordinate_major(a), _coordinate_major(b), at_least_fp32(offset).contiguous())
+
+    def chunked() -> Tensor:
+        a_, b_, offset_ = at_least_fp32(a), at_least_fp32(b), at_least_fp32(offset)
+        rows = max(1, max_bytes // (a_.element_size() * a_.shape[0] * b_.shape[1]))
+        return torch.cat([(torch.cdist(chunk, b_, compute_mode="donot_use_mm_for_euclid_dist") - offset_[:, None, :]).amin(2)
+                          for chunk in a_.split(rows, dim=1)], dim=1)
+
+    return _dispatch(backend, fused, chunked)
 
 
 def nearest_neighbour_indices(x: Tensor, y: Tensor, *, backend: Backend | None = None,
