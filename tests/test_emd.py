@@ -14,6 +14,7 @@ from vaekit.emd import (
     max_sliced_bound,
     nearest_neighbour_bound,
     random_directions,
+    sliced_wasserstein,
     sorted_projections,
 )
 
@@ -116,6 +117,21 @@ def test_coarse_dual_bound_never_exceeds_the_exact_emd_and_tightens_with_cluster
     assert all(bound <= exact + 1e-12 for bound in bounds)
     assert bounds[1] > max(nearest, 0.7 * exact)  # informative: above the nearest-neighbour bound
     assert bounds[2] == pytest.approx(exact, rel=1e-9)  # one point per cluster: the coarse dual is the exact one
+
+
+def test_sliced_wasserstein_is_a_differentiable_lower_bound_of_the_emd():
+    x, y = _batch(5, batch=4, n=50)
+    exact = torch.tensor([earth_movers_distance(a, b) for a, b in zip(x, y)], dtype=torch.float64)
+    directions = random_directions(64)
+    sliced = sliced_wasserstein(x, y, directions)
+    max_sliced = max_sliced_bound(sorted_projections(x, directions), sorted_projections(y, directions))
+    assert torch.all(sliced <= max_sliced + 1e-12) and torch.all(max_sliced <= exact + 1e-12)
+    assert torch.all(sliced > 0.2 * exact)  # informative, not just >= 0
+    torch.testing.assert_close(sliced_wasserstein(x, x[:, torch.randperm(50)], directions), torch.zeros(4, dtype=torch.float64))
+    moving = x.clone().requires_grad_()
+    sliced_wasserstein(moving, y, directions).sum().backward()
+    stepped = (moving - 0.5 * moving.grad).detach()
+    assert torch.all(sliced_wasserstein(stepped, y, directions) < sliced)
 
 
 def test_auction_refuses_bad_input():

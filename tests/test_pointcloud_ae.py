@@ -55,6 +55,25 @@ def test_pointcloud_ae_trains_with_the_emd_loss_and_scores_exact_emd(tmp_path):
     assert test["reconstruction_emd"] == pytest.approx(expected, rel=1e-5)
 
 
+def test_pointcloud_ae_trains_with_the_sliced_wasserstein_loss_and_lowers_the_exact_emd(tmp_path):
+    config = load_config("pointcloud-ae", [
+        f"out_dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}", "data.shapes_per_category=4",
+        "data.num_points=64", "model.latent_dim=8", "model.loss=sliced", "model.sliced_directions=32",
+        "train.steps=60", "train.batch_size=8", "train.eval_every=60", "train.checkpoint_every=60",
+        "train.log_every=10", "train.num_threads=1", "eval.point_cloud_emd=true", "train.precision=fp32"])
+    torch.manual_seed(0)
+    untrained = vaekit.models.build_model(config.model.model_copy(update={"num_points": 64}))
+    clouds = load_data(config.data).test
+    with torch.no_grad():
+        before = sum(earth_movers_distance(a, b) for a, b in zip(clouds, untrained.reconstruct(clouds))) / len(clouds)
+    run_dir = vaekit.train(config, quiet=True)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r["sliced_w1"] for r in records if r["split"] == "train"]
+    assert train[-1] < 0.7 * train[0]
+    test = next(r for r in records if r["split"] == "test")
+    assert test["reconstruction_emd"] < 0.7 * before
+
+
 def test_latent_gan_and_gmm_sample_clouds_through_the_frozen_ae(tmp_path):
     parent = vaekit.train(load_config("pointcloud-ae", [
         f"out_dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}", "data.shapes_per_category=6",
