@@ -27,6 +27,35 @@ def test_chamfer_matrix_matches_pairwise_calls():
             assert matrix[i, j].item() == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_chamfer_matrix_resumes_after_a_stop(tmp_path, monkeypatch, symmetric):
+    from vaekit.metrics import pointclouds
+
+    a, b = _references(6, seed=3), _references(5, seed=4)
+    columns = None if symmetric else b
+    full = chamfer_matrix(a, columns, pairs_per_batch=4)
+    original, calls = pointclouds.nearest_squared_distances, []
+
+    def stopping(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # stopped while computing the third batch
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(pointclouds, "nearest_squared_distances", stopping)
+    path = tmp_path / "matrix.npz"
+    with pytest.raises(KeyboardInterrupt):
+        chamfer_matrix(a, columns, pairs_per_batch=4, state_path=path, save_every_s=0.0)
+    counted: list[int] = []
+    monkeypatch.setattr(pointclouds, "nearest_squared_distances", lambda *x, **k: counted.append(1) or original(*x, **k))
+    resumed = chamfer_matrix(a, columns, pairs_per_batch=4, state_path=path)
+    assert torch.equal(resumed, full)
+    total_batches = -(-(15 if symmetric else 30) // 4)
+    assert len(counted) == total_batches - 2  # the two batches saved before the stop are not recomputed
+    with pytest.raises(ValueError, match="other inputs"):
+        chamfer_matrix(a[:4], columns, pairs_per_batch=4, state_path=path)
+
+
 def test_jittered_copies_cover_everything_and_are_indistinguishable():
     references = _references(40)
     g = torch.Generator().manual_seed(3)

@@ -11,7 +11,10 @@ Between a generated set S and a reference set R of clouds, from distance matrice
 
 from __future__ import annotations
 
+import io
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +25,7 @@ from tqdm.auto import tqdm
 
 from vaekit.divergences import chamfer_distance
 from vaekit.emd import earth_movers_distance
+from vaekit.io import atomic_write_bytes
 from vaekit.nearest import nearest_squared_distances
 
 
@@ -54,26 +58,53 @@ def linear_svm_accuracy(train_codes: Tensor, train_labels: Tensor, test_codes: T
 
 @torch.inference_mode()
 def chamfer_matrix(rows: Tensor, columns: Tensor | None = None, *, pairs_per_batch: int = 64,
-                   progress: bool = False) -> Tensor:
+                   progress: bool = False, state_path: Path | None = None, save_every_s: float = 60.0) -> Tensor:
     """Chamfer distance of every pair: rows (N, P, 3), columns (M, Q, 3) -> (N, M), float64.
 
     Without `columns`, the symmetric matrix of `rows` with itself: each pair i < j computed once.
-    Values only (`nearest_squared_distances`, no neighbour indices), in the clouds' precision:
-    float64 clouds give values free of fp32 cancellation at about twice the time.
+    Values only (`nearest_squared_distances`, no neighbour indices), in the clouds' precision.
+    With `state_path`, the matrix computed so far is saved there (.npz, atomically) every
+    `save_every_s` seconds, and a later call with the same inputs resumes from it.
     """
-    if columns is None:
+    symmetric = columns is None
+    columns = rows if columns is None else columns
+    if symmetric:
         pairs = torch.triu_indices(len(rows), len(rows), offset=1).T  # (N(N-1)/2, 2)
-        columns, out = rows, torch.zeros(len(rows), len(rows), dtype=torch.float64)
     else:
         row_index, column_index = torch.meshgrid(torch.arange(len(rows)), torch.arange(len(columns)), indexing="ij")
         pairs = torch.stack([row_index.flatten(), column_index.flatten()], 1)  # (N*M, 2)
-        out = torch.empty(len(rows), len(columns), dtype=torch.float64)
-    for batch in tqdm(pairs.split(pairs_per_batch), disable=not progress, desc="chamfer pairs"):
+    batches = pairs.split(pairs_per_batch)
+    out, done = _load_matrix_state(state_path, (len(rows), len(columns)), len(batches))
+    last_save = time.monotonic()
+    for index in tqdm(range(done, len(batches)), disable=not progress, desc="chamfer pairs", initial=done,
+                      total=len(batches)):
+        batch = batches[index]
         to_column, to_row = nearest_squared_distances(rows[batch[:, 0]], columns[batch[:, 1]])
         out[batch[:, 0], batch[:, 1]] = (to_column.mean(1) + to_row.mean(1)).double().cpu()  # Chamfer, values only
-    if columns is rows:
-        out += out.T.clone()
+        if state_path is not None and (time.monotonic() - last_save > save_every_s or index + 1 == len(batches)):
+            _save_matrix_state(state_path, out, index + 1, len(batches))
+            last_save = time.monotonic()
+    if symmetric:
+        out = out + out.T
     return out
+
+
+def _save_matrix_state(path: Path, matrix: Tensor, batches_done: int, batches: int) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, matrix=matrix.numpy(), progress=np.array([batches_done, batches]))
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_matrix_state(path: Path | None, shape: tuple[int, int], batches: int) -> tuple[Tensor, int]:
+    """A saved partial matrix and the batches it holds, or zeros and 0; a state of other inputs is refused."""
+    if path is None or not path.exists():
+        return torch.zeros(shape, dtype=torch.float64), 0
+    with np.load(path) as stored:
+        done, total = stored["progress"].tolist()
+        if stored["matrix"].shape != shape or total != batches:
+            raise ValueError(f"{path} holds a Chamfer matrix of other inputs ({stored['matrix'].shape}, {total} batches); "
+                             f"expected {shape} in {batches} batches: delete it to start afresh")
+        return torch.from_numpy(stored["matrix"].copy()), int(done)
 
 
 @dataclass(frozen=True)
@@ -124,12 +155,19 @@ def jensen_shannon_divergence(samples: Tensor, references: Tensor, resolution: i
     return float(entropy((p + q) / 2, base=2) - (entropy(p, base=2) + entropy(q, base=2)) / 2)
 
 
-def chamfer_set_metrics(samples: Tensor, references: Tensor, *, progress: bool = False) -> dict[str, float]:
-    """JSD, MMD-CD, COV-CD and 1-NNA-CD between a generated set and a reference set, from one set of matrices."""
+def chamfer_set_metrics(samples: Tensor, references: Tensor, *, progress: bool = False,
+                        state_dir: Path | None = None) -> dict[str, float]:
+    """JSD, MMD-CD, COV-CD and 1-NNA-CD between a generated set and a reference set, from one set of matrices.
+
+    With `state_dir`, each matrix saves its progress there and a rerun resumes (see `chamfer_matrix`).
+    """
+    def state(name: str) -> Path | None:
+        return None if state_dir is None else state_dir / f"chamfer_{name}.npz"
+
     distances = SetDistances(
-        sample_reference=chamfer_matrix(samples, references, progress=progress),
-        sample_sample=chamfer_matrix(samples, progress=progress),
-        reference_reference=chamfer_matrix(references, progress=progress),
+        sample_reference=chamfer_matrix(samples, references, progress=progress, state_path=state("sample_reference")),
+        sample_sample=chamfer_matrix(samples, progress=progress, state_path=state("sample_sample")),
+        reference_reference=chamfer_matrix(references, progress=progress, state_path=state("reference_reference")),
     )
     return {
         "jsd": jensen_shannon_divergence(samples, references),
