@@ -101,9 +101,17 @@ def sliced_wasserstein(x: Tensor, y: Tensor, directions: Tensor) -> Tensor:
     return (sorted_projections(x, directions) - sorted_projections(y, directions)).abs().mean(-1).mean(-1)
 
 
-def random_directions(count: int, dims: int = 3, seed: int = 0) -> Tensor:
-    """`count` unit vectors drawn uniformly on the sphere with a fixed seed: (count, dims)."""
-    directions = torch.randn(count, dims, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+def random_directions(count: int, dims: int = 3, seed: int | None = 0,
+                      generator: torch.Generator | None = None) -> Tensor:
+    """`count` unit vectors drawn uniformly on the sphere: (count, dims), float64, on the generator's device.
+
+    Drawn from `generator` when given (a training step's draws), else from a fresh generator seeded
+    with `seed`, else (seed=None) from torch's global generator.
+    """
+    if generator is None and seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+    device = generator.device if generator is not None else None
+    directions = torch.randn(count, dims, generator=generator, dtype=torch.float64, device=device)
     return directions / directions.norm(dim=1, keepdim=True)
 
 

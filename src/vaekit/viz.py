@@ -44,17 +44,23 @@ def save_image_grid(images: Tensor, path: str | Path, nrow: int = 8, min_tile: i
     return Path(path)
 
 
+def _pyplot():
+    """matplotlib.pyplot on the non-interactive Agg backend (files only, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_point_cloud_grid(clouds: Tensor, path: str | Path, ncols: int = 5, titles: list[str] | None = None,
                           point_size: float | None = None) -> Path:
     """Render clouds (N, P, 3) as a grid of 3-D scatter plots (matplotlib, Agg) into a PNG, atomically.
 
     `point_size` (marker area) defaults to one that keeps a cloud equally dark at any P: 1 at 2048 points.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     clouds = clouds.detach().float().cpu().numpy()
     count = len(clouds)
     point_size = point_size if point_size is not None else min(8.0, 2048 / max(1, clouds.shape[1]))
@@ -91,11 +97,7 @@ def save_posterior_plot(mean: Tensor, log_var: Tensor, kl_per_dim: Tensor, path:
     N(0, 1) for every input (mean ~ 0, log_var ~ 0) carries no information (posterior collapse); an
     informative one has a spread of means and a tight posterior (log_var well below 0).
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     order = torch.argsort(kl_per_dim, descending=True)
     labels = [str(int(d)) for d in order]
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(max(6.0, 0.35 * len(order) + 2), 6), dpi=100, sharex=True)
@@ -115,11 +117,7 @@ def save_posterior_plot(mean: Tensor, log_var: Tensor, kl_per_dim: Tensor, path:
 def save_rate_distortion_plot(rates: list[float], distortions: list[float], labels: list[str], path: str | Path, *,
                               rate_label: str = "rate (nats)", distortion_label: str = "distortion (nats)") -> Path:
     """A rate-distortion curve (Alemi et al. 2018): one labelled point per model, joined in rate order."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     if not len(rates) == len(distortions) == len(labels):
         raise ValueError("rates, distortions and labels must have the same length")
     order = sorted(range(len(rates)), key=rates.__getitem__)

@@ -7,8 +7,8 @@ branch-and-bound search answers them exactly: every pair holds a certified lower
 lowest entry, best first, until that entry is exact. Pairs start with
 the max-sliced bound (cheap for all pairs); a pair at the front of a query's queue gets the
 nearest-neighbour bound (milliseconds), then the coarse dual bound (k-means summaries of the two
-clouds, their exact transport made feasible for the points; with P/8 clusters ~15 ms and within
-~5%, then with P/4 clusters ~40 ms and within ~2.5% on 2048-point shapes), then an exact solve
+clouds, their exact transport made feasible for the points; with P/8 clusters ~10-30 ms and within
+~5%, then with P/4 clusters ~50 ms and within ~2.5% on 2048-point shapes), then an exact solve
 (~0.3-0.5 s). Values are cached per pair and shared by all queries.
 
 The result is a matrix holding the exact EMD where solved and the lower bound elsewhere; every

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field
 from torch import Tensor
 
 from vaekit.batch import Batch
 from vaekit.config import ModelConfig
 from vaekit.divergences import chamfer_distance
-from vaekit.emd import matched_emd, sliced_wasserstein
+from vaekit.emd import matched_emd, random_directions, sliced_wasserstein
 from vaekit.errors import ConfigError
 from vaekit.models.base import GenerativeModel, Losses
 from vaekit.models.registry import register_model
@@ -64,10 +63,9 @@ class PointCloudAE(GenerativeModel):
         """Chamfer distance, EMD or sliced W1 between each cloud and its reconstruction, averaged over the batch."""
         reconstruction = self.reconstruct(batch.x).float()
         if self.config.loss == "sliced":  # fresh directions each step, the same on every process
-            directions = torch.randn(self.config.sliced_directions, batch.x.shape[2], generator=batch.generator,
-                                     device=batch.generator.device if batch.generator is not None else None)
-            directions = (directions / directions.norm(dim=1, keepdim=True)).to(batch.x.device)
-            sliced = sliced_wasserstein(batch.x.float(), reconstruction, directions)  # (B,)
+            directions = random_directions(self.config.sliced_directions, batch.x.shape[2], seed=None,
+                                           generator=batch.generator)
+            sliced = sliced_wasserstein(batch.x.float(), reconstruction, directions.to(batch.x.device))  # (B,)
             return Losses(total=sliced.mean(), terms={"sliced_w1": sliced})
         if self.config.loss == "emd":
             emd = matched_emd(batch.x, reconstruction, solver=self.config.emd_solver, epsilon=self.config.emd_epsilon,
