@@ -195,7 +195,7 @@ def measure_throughput(
 
 def pythae_nll(
     model: VAE, images: torch.Tensor, *, num_samples: int, batch_size: int, seed: int,
-    chunk: int = 50, partial: dict | None = None, on_chunk=None,
+    chunk: int = 50, partial: dict | None = None, on_chunk=None, until: int | None = None,
 ) -> dict:
     """NLL (nats/image) from pythae's own get_nll, called image by image to keep per-image values.
 
@@ -204,7 +204,8 @@ def pythae_nll(
     per-image values let the other side compare paired, within noise. The global RNG is seeded
     per chunk of `chunk` images, so a run stopped between chunks resumes from `partial` (an
     earlier result of the same settings) and gives the same numbers; `on_chunk(result)` is
-    called after every chunk so the caller can write partial JSON.
+    called after every chunk so the caller can write partial JSON. `until` stops after that many
+    images (a later call with the partial result goes on), so callers can interleave two libraries.
     """
     batch_size = min(num_samples, batch_size)
     if num_samples % batch_size:
@@ -218,7 +219,7 @@ def pythae_nll(
     model.eval()
     result: dict = {}
     with torch.no_grad():
-        for first in range(len(nll), len(images), chunk):
+        for first in range(len(nll), min(len(images), until or len(images)), chunk):
             torch.manual_seed(seed * 1_000_003 + first // chunk)
             start = time.perf_counter()
             for i in range(first, min(first + chunk, len(images))):

@@ -320,12 +320,12 @@ def summarise_throughput(section: dict, flops: dict[str, int], batch_size: int) 
 
 def vaekit_nll(
     model: VaekitVAE, images: Tensor, *, num_samples: int, samples_per_chunk: int, images_per_chunk: int,
-    seed: int, precision: str, partial: dict | None, on_chunk: Callable[[dict], None],
+    seed: int, precision: str, partial: dict | None, on_chunk: Callable[[dict], None], until: int | None = None,
 ) -> dict:
     """vaekit's importance-sampled NLL (nats/image) of `images`, `images_per_chunk` images per call.
 
     Each image chunk draws from its own generator seeded (seed, chunk), so a run stopped between
-    chunks resumes from `partial` with the same numbers.
+    chunks resumes from `partial` with the same numbers; `until` stops after that many images.
     """
     settings = {"num_images": len(images), "num_samples": num_samples, "samples_per_chunk": samples_per_chunk,
                 "images_per_chunk": images_per_chunk, "seed": seed, "precision": precision}
@@ -334,8 +334,8 @@ def vaekit_nll(
     else:
         nll, elbo, walls = [], [], []
     model.eval()
-    result = dict(partial) if partial and len(nll) == len(images) else {}
-    for first in range(len(nll), len(images), images_per_chunk):
+    result = dict(partial) if partial and len(nll) == len(partial["nll_per_image"]) else {}
+    for first in range(len(nll), min(len(images), until or len(images)), images_per_chunk):
         generator = torch.Generator().manual_seed(seed * 1_000_003 + first // images_per_chunk)
         start = time.perf_counter()
         with ref.autocast(precision):
@@ -426,33 +426,40 @@ def run_nll(args: argparse.Namespace, results: dict, data: ImageData, save: Call
         section["pythae"] = partial_result
         save()
 
-    if args.nll_pythae_n > 0:
-        pythae = ref.pythae_nll(
-            pythae_model, test[: args.nll_pythae_n], num_samples=args.nll_k, batch_size=args.nll_batch_size,
-            seed=args.seed, chunk=args.nll_chunk, partial=section.get("pythae"), on_chunk=record_pythae,
-        )
-        record_pythae(pythae)
-        print(f"pythae get_nll N={args.nll_pythae_n} K={args.nll_k}: {pythae['nll_nats']:.2f} "
-              f"± {pythae['nll_stderr_over_images']:.2f} nats in {pythae['wall_s']:.1f}s "
-              f"({pythae['seconds_per_image']:.3f} s/image)", flush=True)
+    def record_vaekit(key: str) -> Callable[[dict], None]:
+        def record(partial_result: dict) -> None:
+            section["vaekit"][key] = partial_result
+            save()
+        return record
 
+    # Both libraries advance block by block (pythae's images, then vaekit's in each precision), so a
+    # machine whose speed drifts over the hour this takes slows both sides alike.
     section.setdefault("vaekit", {})
-    for precision in args.nll_precisions:
-        for n in args.nll_vaekit_n:
-            key = f"{precision}_n{n}"
-
-            def record_vaekit(partial_result: dict, key=key) -> None:
-                section["vaekit"][key] = partial_result
-                save()
-
-            vk = vaekit_nll(
-                vaekit_model, test[:n], num_samples=args.nll_k, samples_per_chunk=args.samples_per_chunk,
-                images_per_chunk=args.images_per_chunk, seed=args.seed, precision=precision,
-                partial=section["vaekit"].get(key), on_chunk=record_vaekit,
+    section["interleave_images"] = args.nll_interleave
+    total = max([args.nll_pythae_n, *args.nll_vaekit_n])
+    for until in range(args.nll_interleave, total + args.nll_interleave, args.nll_interleave):
+        if args.nll_pythae_n > 0 and until - args.nll_interleave < args.nll_pythae_n:
+            pythae = ref.pythae_nll(
+                pythae_model, test[: args.nll_pythae_n], num_samples=args.nll_k, batch_size=args.nll_batch_size,
+                seed=args.seed, chunk=args.nll_chunk, partial=section.get("pythae"), on_chunk=record_pythae,
+                until=until,
             )
-            print(f"vaekit importance_sampled_log_px {precision} N={n} K={args.nll_k}: {vk['nll_nats']:.2f} "
-                  f"± {vk['nll_stderr_over_images']:.2f} nats in {vk['wall_s']:.1f}s "
-                  f"({vk['seconds_per_image']:.3f} s/image)", flush=True)
+            print(f"pythae get_nll {len(pythae['nll_per_image'])}/{args.nll_pythae_n} images K={args.nll_k}: "
+                  f"{pythae['nll_nats']:.2f} ± {pythae['nll_stderr_over_images']:.2f} nats, "
+                  f"{pythae['seconds_per_image']:.3f} s/image", flush=True)
+        for precision in args.nll_precisions:
+            for n in args.nll_vaekit_n:
+                if until - args.nll_interleave >= n:
+                    continue
+                key = f"{precision}_n{n}"
+                vk = vaekit_nll(
+                    vaekit_model, test[:n], num_samples=args.nll_k, samples_per_chunk=args.samples_per_chunk,
+                    images_per_chunk=args.images_per_chunk, seed=args.seed, precision=precision,
+                    partial=section["vaekit"].get(key), on_chunk=record_vaekit(key), until=until,
+                )
+                print(f"vaekit importance_sampled_log_px {precision} {len(vk['nll_per_image'])}/{n} images "
+                      f"K={args.nll_k}: {vk['nll_nats']:.2f} ± {vk['nll_stderr_over_images']:.2f} nats, "
+                      f"{vk['seconds_per_image']:.3f} s/image", flush=True)
     summarise_nll(section)
     save()
 
@@ -715,6 +722,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--nll-vaekit-n", default="100,1000", help="comma list of N for vaekit")
     g.add_argument("--nll-precisions", default="fp32", help="comma list of precisions for vaekit's NLL (fp32, bf16)")
     g.add_argument("--nll-batch-size", type=int, default=100, help="pythae get_nll batch_size (min(K, this))")
+    g.add_argument("--nll-interleave", type=int, default=50,
+                   help="images per block: both libraries finish a block before either starts the next")
     g.add_argument("--nll-chunk", type=int, default=10, help="pythae images per seeded chunk (partial JSON after each)")
     g.add_argument("--samples-per-chunk", type=int, default=100, help="vaekit: importance samples decoded per call")
     g.add_argument("--images-per-chunk", type=int, default=10, help="vaekit: images per call (partial JSON after each)")

@@ -205,3 +205,30 @@ def test_atomic_writes_leave_no_temp_files_and_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~mask
+
+
+def test_optimizer_is_fused_where_torch_has_it_and_steps_like_foreach():
+    """make_optimizers picks torch's fused Adam (CPU: torch >= 2.4); it must step like the foreach one."""
+    from vaekit.config import TrainConfig
+    from vaekit.engine.train import make_optimizers
+
+    torch.manual_seed(0)
+    model = VAE(tiny_config("x").model.model_copy(update={"image_shape": (1, 8, 8)}))
+    reference = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    train = TrainConfig(lr=1e-2)
+    optimizer = make_optimizers(model, train)["model"]
+    cpu_fused = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 4)
+    assert optimizer.defaults["fused"] is cpu_fused
+
+    twin = VAE(model.config)
+    twin.load_state_dict(reference)
+    twin_optimizer = torch.optim.Adam(twin.parameters(), lr=1e-2, foreach=True)
+    x = torch.rand(16, 1, 8, 8)
+    for net, opt in ((model, optimizer), (twin, twin_optimizer)):
+        for _ in range(5):
+            opt.zero_grad()
+            net.decode(net.encode(x).mean).logits.float().square().mean().backward()
+            opt.step()
+    for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    assert not torch.equal(model.state_dict()["decoder.0.0.weight"], reference["decoder.0.0.weight"])

@@ -158,10 +158,20 @@ def make_optimizers(model: GenerativeModel, train: TrainConfig) -> dict[str, tor
         raise ConfigError(f"train.group_lr names unknown groups {sorted(unknown)}; groups: {sorted(groups)}")
     optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[train.optimizer]
     return {
-        name: optimizer_class(params, lr=train.group_lr.get(name, train.lr), betas=train.betas,
-                              weight_decay=train.weight_decay, foreach=True)
+        name: _fused_or_foreach(optimizer_class, params, lr=train.group_lr.get(name, train.lr), betas=train.betas,
+                                weight_decay=train.weight_decay)
         for name, params in groups.items()
     }
+
+
+def _fused_or_foreach(optimizer_class: type[torch.optim.Optimizer], params: list[nn.Parameter],
+                      **options: Any) -> torch.optim.Optimizer:
+    """The fused (one kernel per step) implementation where this torch and device have it (CPU: torch
+    >= 2.4; ~10x faster than foreach there), else the foreach one."""
+    try:
+        return optimizer_class(params, fused=True, **options)
+    except RuntimeError:
+        return optimizer_class(params, foreach=True, **options)
 
 
 class WeightEMA:
