@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from vaekit.cli import main
+from vaekit.config import load_config, preset_names
 from vaekit.objectives import iwae_bound
 
 
@@ -95,3 +96,9 @@ def test_iwae_bound_exceeds_elbo_and_grows_with_k_on_a_trained_model(trained_dig
                   for k in (1, 5, 50)}
     assert bounds[1] < bounds[5] < bounds[50]
     assert bounds[50] - bounds[1] > 0.1  # clearly, not by noise
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_shipped_preset_validates(preset):
+    config = load_config(preset)
+    assert config.name == preset  # a preset's run directory is named after it
