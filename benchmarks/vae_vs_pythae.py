@@ -15,7 +15,7 @@ Sections (--sections, default all three):
               trained by pythae's loss in a plain Adam loop, against a vaekit VAE whose
               encoder/decoder are thin adapters around the same pythae modules (same
               initial weights), trained by vaekit's own engine (`Trainer.run`, i.e. the engine's
-              batch + binarisation + autocast + foreach Adam step code path; its periodic
+              batch + binarisation + autocast + fused Adam step code path; its periodic
               evaluation and checkpoint are switched off). Batch 100, interleaved rounds
               (pythae fp32, vaekit fp32, pythae bf16, vaekit bf16, repeat), warm-up excluded,
               median samples/s, ratio vaekit/pythae, GFLOP/s from FlopCounterMode.
@@ -218,7 +218,7 @@ def engine_trainer_for_adapter(config: RunConfig, data: ImageData, seed: int) ->
     pythae_model = ref.build_model(seed)
     trainer.model.encoder = PythaeEncoderAdapter(pythae_model.encoder)
     trainer.model.decoder = PythaeDecoderLogits(pythae_model.decoder)
-    trainer.optimizers = make_optimizers(trainer.model, trainer.train_cfg)  # foreach Adam, as the engine
+    trainer.optimizers = make_optimizers(trainer.model, trainer.train_cfg)  # the engine's Adam (fused where torch has it)
     trainer.open_run_dir(resume=False, force=True)
     trainer._evaluate = lambda: None  # no periodic evaluation (an instance attribute, src untouched)
     trainer._save = lambda: None  # no checkpoints
@@ -263,7 +263,7 @@ def run_throughput(args: argparse.Namespace, results: dict, data: ImageData, sav
         "pythae": "pythae VAE forward .loss, zero_grad, backward, torch.optim.Adam(lr=1e-3) (torch's CPU default: "
                   "no foreach) step; batch = pythae_vae.random_batch (random rows, binarised afresh)",
         "vaekit": "vaekit.engine.train.Trainer.run on a VAE whose encoder/decoder are adapters around pythae's "
-                  "modules: the engine's batch + dynamic binarisation, autocast, loss, backward, foreach Adam "
+                  "modules: the engine's batch + dynamic binarisation, autocast, loss, backward, fused Adam (foreach where torch has no fused one) "
                   "(lr=1e-3) step, NaN flag and per-term sums; one metrics.jsonl line per timed call; "
                   "periodic evaluation and checkpoints stubbed out",
         "timed": "each round and precision: `warmup` untimed steps, then `steps` timed steps",

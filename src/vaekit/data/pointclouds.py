@@ -10,7 +10,6 @@ JSD grid expects), or "none".
 from __future__ import annotations
 
 import hashlib
-import io
 import math
 import os
 import zipfile
@@ -26,7 +25,7 @@ import trimesh
 from torch import Tensor
 
 from vaekit.errors import DataError
-from vaekit.io import atomic_write_bytes
+from vaekit.io import atomic_write_npz
 
 Normalization = Literal["unit_sphere", "unit_box", "none"]
 POINT_SUFFIXES = (".npy", ".npz", ".xyz")
@@ -166,9 +165,7 @@ def load_procedural(
             for name in categories for i in range(shapes_per_category)
         ])
         labels = np.repeat(np.arange(len(categories)), shapes_per_category)
-        buffer = io.BytesIO()
-        np.savez(buffer, clouds=clouds, labels=labels)
-        atomic_write_bytes(file, buffer.getvalue())
+        atomic_write_npz(file, clouds=clouds, labels=labels)
     return _split(clouds, labels, categories, test_fraction, seed, normalization, f"procedural ({file})")
 
 

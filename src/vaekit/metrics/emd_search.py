@@ -41,7 +41,7 @@ from vaekit.emd import (
     random_directions,
     sorted_projections,
 )
-from vaekit.io import atomic_write_bytes
+from vaekit.io import atomic_write_npz
 from vaekit.metrics.pointclouds import (
     SetDistances,
     coverage,
@@ -62,17 +62,13 @@ class SearchState:
     """Everything a search has learnt: a bound or the exact value per pair, and how far it got."""
 
     distances: np.ndarray  # (N, N) float64: exact EMD where level == EXACT, a lower bound elsewhere
-    level: np.ndarray  # (N, N) int8: SLICED, NEAREST or EXACT
+    level: np.ndarray  # (N, N) int8: SLICED, NEAREST, COARSE, FINE or EXACT
     rows_bounded: int  # rows whose max-sliced bounds are in
     queries_done: int
 
     def save(self, path: Path) -> None:
-        import io
-
-        buffer = io.BytesIO()
-        np.savez(buffer, distances=self.distances, level=self.level,
-                 progress=np.array([self.rows_bounded, self.queries_done]), format=np.array(STATE_FORMAT))
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_npz(path, distances=self.distances, level=self.level,
+                         progress=np.array([self.rows_bounded, self.queries_done]), format=np.array(STATE_FORMAT))
 
     @classmethod
     def load_or_new(cls, path: Path | None, size: int) -> SearchState:

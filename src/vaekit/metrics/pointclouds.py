@@ -11,7 +11,6 @@ Between a generated set S and a reference set R of clouds, from distance matrice
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 
 from vaekit.divergences import chamfer_distance
 from vaekit.emd import earth_movers_distance
-from vaekit.io import atomic_write_bytes
+from vaekit.io import atomic_write_npz
 from vaekit.nearest import nearest_squared_distances
 
 
@@ -90,9 +89,7 @@ def chamfer_matrix(rows: Tensor, columns: Tensor | None = None, *, pairs_per_bat
 
 
 def _save_matrix_state(path: Path, matrix: Tensor, batches_done: int, batches: int) -> None:
-    buffer = io.BytesIO()
-    np.savez(buffer, matrix=matrix.numpy(), progress=np.array([batches_done, batches]))
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_npz(path, matrix=matrix.numpy(), progress=np.array([batches_done, batches]))
 
 
 def _load_matrix_state(path: Path | None, shape: tuple[int, int], batches: int) -> tuple[Tensor, int]:

@@ -63,8 +63,7 @@ class PointCloudAE(GenerativeModel):
         """Chamfer distance, EMD or sliced W1 between each cloud and its reconstruction, averaged over the batch."""
         reconstruction = self.reconstruct(batch.x).float()
         if self.config.loss == "sliced":  # fresh directions each step, the same on every process
-            directions = random_directions(self.config.sliced_directions, batch.x.shape[2], seed=None,
-                                           generator=batch.generator)
+            directions = random_directions(self.config.sliced_directions, batch.x.shape[2], generator=batch.generator)
             sliced = sliced_wasserstein(batch.x.float(), reconstruction, directions.to(batch.x.device))  # (B,)
             return Losses(total=sliced.mean(), terms={"sliced_w1": sliced})
         if self.config.loss == "emd":
