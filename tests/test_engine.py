@@ -232,3 +232,16 @@ def test_optimizer_is_fused_where_torch_has_it_and_steps_like_foreach():
     for (name, a), b in zip(model.state_dict().items(), twin.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
     assert not torch.equal(model.state_dict()["decoder.0.0.weight"], reference["decoder.0.0.weight"])
+
+
+@pytest.mark.parametrize("schedule,halfway", [("constant", 1.0), ("cosine", 0.5), ("linear", 0.5)])
+def test_lr_factor_warms_up_linearly_then_follows_its_schedule(schedule, halfway):
+    from vaekit.config import TrainConfig
+    from vaekit.engine.train import lr_factor
+
+    train = TrainConfig(steps=110, lr_warmup_steps=10, lr_schedule=schedule)
+    assert [lr_factor(step, train) for step in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
+    assert lr_factor(10, train) == pytest.approx(1.0)  # decay starts after the warm-up
+    assert lr_factor(60, train) == pytest.approx(halfway)  # half-way through the 100 decay steps
+    assert lr_factor(109, train) == pytest.approx({"constant": 1.0, "cosine": 0.000247, "linear": 0.01}[schedule],
+                                                  abs=1e-6)
