@@ -1,0 +1,38 @@
+"""Image grids: tile placement, padding and the PNG written to disk."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vaekit.viz import image_grid, save_image_grid
+
+
+def test_image_grid_places_each_image_in_its_cell_with_white_padding():
+    images = torch.stack([torch.full((1, 2, 3), value) for value in (0.0, 0.5, 1.0)])  # (3, 1, 2, 3)
+    grid = image_grid(images, nrow=2)  # 2 columns -> 2 rows, the last cell empty
+    assert grid.shape == (2 * 3 + 1, 2 * 4 + 1, 1) and grid.dtype == np.uint8
+    assert (grid[1:3, 1:4] == 0).all()  # image 0: row 0, col 0
+    assert (grid[1:3, 5:8] == 128).all()  # image 1: row 0, col 1 (0.5 * 255 rounded)
+    assert (grid[4:6, 1:4] == 255).all()  # image 2: row 1, col 0
+    padding = np.ones(grid.shape[:2], dtype=bool)
+    padding[1:3, 1:4] = padding[1:3, 5:8] = padding[4:6, 1:4] = False
+    assert (grid[padding] == 255).all()  # padding and the empty cell are white
+
+
+def test_image_grid_clamps_to_the_unit_interval_and_rejects_wrong_shapes():
+    grid = image_grid(torch.tensor([[[[-1.0, 2.0]]]]), nrow=1)  # (1, 1, 1, 2)
+    assert grid[1, 1:3, 0].tolist() == [0, 255]
+    with pytest.raises(ValueError, match=r"expected images of shape \(N, C, H, W\), got \(2, 8, 8\)"):
+        image_grid(torch.zeros(2, 8, 8), nrow=2)
+
+
+def test_saved_grid_is_the_grid_enlarged_by_nearest_neighbour(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(5, 3, 8, 8, generator=generator)
+    path = save_image_grid(images, tmp_path / "grid.png", nrow=4, min_tile=24)  # 8 px tiles -> x3
+    picture = np.asarray(Image.open(path))
+    expected = image_grid(images, nrow=4).repeat(3, axis=0).repeat(3, axis=1)
+    assert picture.shape == expected.shape == (2 * 9 * 3 + 3, 4 * 9 * 3 + 3, 3)
+    np.testing.assert_array_equal(picture, expected)
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # the atomic write left no temporary file
