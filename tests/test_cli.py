@@ -55,6 +55,15 @@ def test_eval_writes_json_with_likelihood_and_diagnostics(trained_digits_run, tm
     assert results["elbo"] <= -results["nll"] + 1e-6
     assert 0 <= results["active_units"] <= results["latent_dim"] == 4
     assert results["bits_per_dim"] == pytest.approx(results["nll"] / (64 * 0.6931471805599453))
+    bar = capsys.readouterr().err
+    assert "NLL, K=50" in bar and "30/30" in bar and "nll=" in bar  # progress of the long part, on stderr
+
+
+def test_eval_quiet_shows_no_progress_bar(trained_digits_run, tmp_path, capsys):
+    assert main(["eval", str(trained_digits_run), "--importance-samples", "5", "--num-images", "10",
+                 "--out", str(tmp_path / "eval.json"), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and json.loads(captured.out)["num_images"] == 10
 
 
 def test_eval_plots_draw_the_posterior_per_dimension(trained_digits_run, tmp_path, capsys):

@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--plots", action="store_true",
                           help="also draw the per-dimension distributions of the encoder's mean and log_var "
                                "(RUN_DIR/plots/posterior.png)")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(handler=_eval)
 
     sample = commands.add_parser("sample", help="draw samples from a trained model into a PNG grid")
@@ -99,7 +100,7 @@ def _eval(args: argparse.Namespace) -> int:
         updates["num_images"] = args.num_images
     eval_config = config.eval.model_copy(update=updates)
     data = load_data(config.data)
-    results = evaluate(model, data, eval_config)
+    results = evaluate(model, data, eval_config, progress=not args.quiet)
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
     atomic_write_json(out, results)
     print(json.dumps(results, indent=2))

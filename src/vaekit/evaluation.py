@@ -32,8 +32,11 @@ def can_sample(model: GenerativeModel) -> bool:
 
 
 @torch.inference_mode()
-def evaluate(model: GenerativeModel, data: ImageData | PointCloudData, config: EvalConfig) -> dict[str, Any]:
-    """Scores of `model` on the test split: likelihood (latent-variable models), latents, reconstructions."""
+def evaluate(model: GenerativeModel, data: ImageData | PointCloudData, config: EvalConfig, *,
+             progress: bool = False) -> dict[str, Any]:
+    """Scores of `model` on the test split: likelihood (latent-variable models), latents, reconstructions.
+
+    `progress` shows a bar over the importance-sampled NLL, the long part."""
     was_training = model.training
     model.eval()
     x = test_images(model, data, config)
@@ -48,7 +51,8 @@ def evaluate(model: GenerativeModel, data: ImageData | PointCloudData, config: E
         return results
     if hasattr(model, "log_weights"):
         spec = model.likelihood
-        results |= likelihood_scores(model, x, config, is_discrete=spec.is_discrete, num_levels=data.num_levels)
+        results |= likelihood_scores(model, x, config, is_discrete=spec.is_discrete, num_levels=data.num_levels,
+                                    progress=progress)
     if hasattr(model, "encode"):
         results |= latent_scores(model, x, config)
         if "elbo" in results:

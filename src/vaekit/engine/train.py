@@ -385,7 +385,7 @@ class Trainer:
         if not self.ctx.is_main:
             return
         with self._eval_weights():
-            results = evaluate(self.model, self.data, self.config.eval)
+            results = evaluate(self.model, self.data, self.config.eval, progress=not self.quiet)
             write_pictures(self.model, self.data, self.run_dir, self.step, self.config.eval)
         scalars = {k: v for k, v in results.items() if isinstance(v, (int, float))}
         if not self.quiet:

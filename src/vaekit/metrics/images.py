@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from vaekit.config import EvalConfig
 from vaekit.distributions import DiagonalGaussian
@@ -20,22 +21,27 @@ from vaekit.objectives import bits_per_dim, dequantised_bits_per_dim, importance
 
 @torch.inference_mode()
 def likelihood_scores(
-    model: Any, x: Tensor, config: EvalConfig, *, is_discrete: bool, num_levels: int
+    model: Any, x: Tensor, config: EvalConfig, *, is_discrete: bool, num_levels: int, progress: bool = False
 ) -> dict[str, float]:
     """NLL = -log p(x) with K importance samples, the ELBO from the same draws, and bits/dim.
 
     Bits/dim are exact for discrete likelihoods; for a density (Gaussian) they carry the
-    bin-width correction of `dequantised_bits_per_dim`, reported under its own name.
+    bin-width correction of `dequantised_bits_per_dim`, reported under its own name. `progress`
+    shows a bar over the images with the running NLL (K=1000 on 1000 images takes minutes on a CPU).
     """
     generator = torch.Generator(device=x.device).manual_seed(config.seed)
     log_px, elbo = [], []
-    for chunk in x.split(config.images_per_chunk):
-        lp, el = importance_sampled_log_px(
-            model, chunk, num_samples=config.num_importance_samples,
-            samples_per_chunk=config.samples_per_chunk, generator=generator,
-        )
-        log_px.append(lp)
-        elbo.append(el)
+    with tqdm(total=len(x), disable=not progress, desc=f"NLL, K={config.num_importance_samples}", unit="image",
+              leave=False, dynamic_ncols=True, mininterval=0) as bar:  # one redraw per chunk of images
+        for chunk in x.split(config.images_per_chunk):
+            lp, el = importance_sampled_log_px(
+                model, chunk, num_samples=config.num_importance_samples,
+                samples_per_chunk=config.samples_per_chunk, generator=generator,
+            )
+            log_px.append(lp)
+            elbo.append(el)
+            bar.set_postfix(nll=f"{-torch.cat(log_px).double().mean().item():.4g}", refresh=False)
+            bar.update(len(chunk))
     nll = -torch.cat(log_px).double().mean().item()
     num_dims = x[0].numel()
     scores = {
