@@ -9,11 +9,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from vaekit.config import RunConfig, dump_yaml, validate_config
+from vaekit.config import RunConfig, dump_yaml
 from vaekit.engine.checkpoint import list_checkpoints
-from vaekit.errors import ConfigError, RunDirError
+from vaekit.errors import RunDirError
 from vaekit.io import atomic_write_json, atomic_write_text
 
 CONFIG_FILE = "config.yaml"
@@ -59,21 +57,6 @@ def prepare_run_dir(config: RunConfig, *, replace: bool) -> Path:
 def write_run_files(path: Path, config: RunConfig, versions: dict[str, Any]) -> None:
     atomic_write_text(path / CONFIG_FILE, dump_yaml(config))
     atomic_write_json(path / VERSIONS_FILE, versions)
-
-
-def read_run_config(path: Path) -> RunConfig:
-    """The resolved config saved in a run directory."""
-    file = Path(path) / CONFIG_FILE
-    if not file.is_file():
-        raise RunDirError(f"{path} is not a run directory (no {CONFIG_FILE})")
-    try:
-        raw = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as error:
-        raise RunDirError(f"{file}: not valid YAML ({error})") from None
-    try:
-        return validate_config(raw, source=str(file))
-    except ConfigError as error:
-        raise RunDirError(str(error)) from None
 
 
 def collect_versions(seed: int) -> dict[str, Any]:
