@@ -11,7 +11,9 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 
 import vaekit
+from vaekit.config import TrainConfig
 from vaekit.engine.checkpoint import list_checkpoints
+from vaekit.engine.train import lr_factor
 from vaekit.errors import CheckpointError, ConfigError, RunDirError, TrainingDivergedError
 from vaekit.models.vae import VAE
 
@@ -236,9 +238,6 @@ def test_optimizer_is_fused_where_torch_has_it_and_steps_like_foreach():
 
 @pytest.mark.parametrize("schedule,halfway", [("constant", 1.0), ("cosine", 0.5), ("linear", 0.5)])
 def test_lr_factor_warms_up_linearly_then_follows_its_schedule(schedule, halfway):
-    from vaekit.config import TrainConfig
-    from vaekit.engine.train import lr_factor
-
     train = TrainConfig(steps=110, lr_warmup_steps=10, lr_schedule=schedule)
     assert [lr_factor(step, train) for step in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
     assert lr_factor(10, train) == pytest.approx(1.0)  # decay starts after the warm-up
