@@ -613,21 +613,6 @@ def summarise_seed(entry: dict, target: dict, budget_s: float) -> None:
     }
 
 
-def pythae_training_samples_per_s(data: ImageData, steps: int, warmup: int, batch_size: int, seed: int) -> float:
-    """pythae's fp32 training throughput (its MNIST conv VAE, plain Adam loop) on this machine, now."""
-    model = ref.build_model(seed)
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(seed)
-    batches = [ref.random_batch(data.train, batch_size, generator) for _ in range(warmup + steps)]
-    for x in batches[:warmup]:
-        ref.train_step(model, optimizer, x, "fp32")
-    start = time.perf_counter()
-    for x in batches[warmup:]:
-        ref.train_step(model, optimizer, x, "fp32")
-    return steps * batch_size / (time.perf_counter() - start)
-
-
 def run_ttq(args: argparse.Namespace, results: dict, save: Callable[[], None]) -> None:
     target = load_target(args)
     settings = {"preset": args.preset, "overrides": args.overrides, "eval_every": args.eval_every,
@@ -677,8 +662,9 @@ def run_ttq(args: argparse.Namespace, results: dict, save: Callable[[], None]) -
         data = data_cache[data_key]
         entry["config"] = config.model_dump(mode="json")
         if args.ttq_pythae_steps and "pythae_samples_per_s" not in entry:
-            entry["pythae_samples_per_s"] = pythae_training_samples_per_s(
-                data, args.ttq_pythae_steps, args.warmup, args.batch_size, seed)
+            entry["pythae_samples_per_s"] = ref.measure_throughput(  # pythae's fp32 training, here and now
+                data.train, batch_size=args.batch_size, steps=args.ttq_pythae_steps, warmup=args.warmup, rounds=1,
+                precisions=["fp32"], seed=seed, flops=0)["fp32"]["samples_per_s"]
             print(f"ttq seed {seed}: pythae trains at {entry['pythae_samples_per_s']:.1f} samples/s (fp32) now",
                   flush=True)
 
