@@ -95,13 +95,22 @@ class EvalConfig(Section):
 class RunConfig(Section):
     """A whole run: data, model, training and evaluation."""
 
-    name: str = "run"  # run directory runs/<name>
+    name: str = "run"  # run directory <out_dir>/<name>: one plain path component
     out_dir: str = "runs"  # parent folder of run directories
     parent: str | None = None  # run directory whose frozen model this run builds on
     data: Annotated[DataConfig | PointCloudDataConfig, Field(discriminator="name")] = DataConfig()
     model: SerializeAsAny[ModelConfig]
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_run_name(cls, name: str) -> str:
+        """A run name is one plain path component, so the run directory lies inside `out_dir`."""
+        if name in ("", ".", "..") or any(sep in name for sep in ("/", "\\", "\0")):
+            raise ValueError(f"run name {name!r} must be one plain folder name (not empty, not '.' or '..', "
+                             "no '/' or '\\'), e.g. name=my-run")
+        return name
 
     @field_validator("model", mode="before")
     @classmethod

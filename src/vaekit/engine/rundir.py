@@ -19,19 +19,36 @@ VERSIONS_FILE = "versions.json"
 METRICS_FILE = "metrics.jsonl"
 
 
+RUN_MARKER = ".vaekit-run"  # written into every run directory vaekit creates; --force replaces only these
+
+
 def run_dir_of(config: RunConfig) -> Path:
+    """<out_dir>/<name>; the name is one plain path component (RunConfig validates it)."""
     return Path(config.out_dir) / config.name
 
 
-def check_run_dir(config: RunConfig, *, resume: bool, force: bool) -> bool:
-    """Refuse what would overwrite or resume nothing (read-only, so every process can call it).
+def is_run_dir(path: Path) -> bool:
+    """Whether `path` is a real folder (not a link) that vaekit created as a run directory."""
+    return path.is_dir() and not path.is_symlink() and (path / RUN_MARKER).is_file()
 
-    Returns whether an existing run directory is to be replaced (`force`).
+
+def check_run_dir(config: RunConfig, *, resume: bool, force: bool) -> bool:
+    """Refuse what would overwrite, delete or resume the wrong thing (read-only: every process calls it).
+
+    Returns whether an existing run directory is to be replaced (`force`). `force` replaces only
+    a folder holding vaekit's run marker, never any other folder, file or link.
     """
     path = run_dir_of(config)
+    if path.exists() and not path.is_dir():
+        raise RunDirError(f"{path} exists and is not a folder; choose another name=... or out_dir=...")
     if path.exists() and any(path.iterdir()):
         if resume and force:
             raise RunDirError("pass either --resume or --force, not both")
+        if force and not is_run_dir(path):
+            raise RunDirError(
+                f"--force replaces only run directories vaekit created (they hold {RUN_MARKER}); {path} is not one, "
+                "so nothing was deleted. Choose another name=... or out_dir=..., or remove it yourself"
+            )
         if not force and not resume:
             newest = list_checkpoints(path / "checkpoints")
             what = f"checkpoints up to {newest[-1].name}" if newest else "files"
@@ -46,11 +63,15 @@ def check_run_dir(config: RunConfig, *, resume: bool, force: bool) -> bool:
 
 
 def prepare_run_dir(config: RunConfig, *, replace: bool) -> Path:
-    """Create the run directory (emptied first when `replace`); call after `check_run_dir`."""
+    """Create the run directory with its marker (replacing a marked one when `replace`); call after `check_run_dir`."""
     path = run_dir_of(config)
     if replace:
+        if not is_run_dir(path):  # checked before, re-checked at the moment of deleting
+            raise RunDirError(f"refusing to delete {path}: it is not a vaekit run directory")
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
+    if not (path / RUN_MARKER).exists():
+        atomic_write_json(path / RUN_MARKER, {"format": 1, "created_by": "vaekit"})
     return path
 
 
