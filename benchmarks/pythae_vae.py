@@ -50,12 +50,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 import pythae
+import torch
 from pythae.models import VAE, VAEConfig
 from pythae.models.nn.benchmarks.mnist import Decoder_Conv_AE_MNIST, Encoder_Conv_VAE_MNIST
+from torch.utils.flop_counter import FlopCounterMode
 
 DEFAULT_DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 TEST_BINARIZE_SEED = 1

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from toy_models import register_toy_models
 
 from vaekit.config import RunConfig, load_config
+
+register_toy_models()  # the engine-contract test model, for every test module and the contract tests
 
 
 def tiny_config(out_dir: Path, *overrides: str, name: str = "tiny") -> RunConfig:

@@ -1,6 +1,9 @@
-"""The documentation builds strictly (every code reference resolves, every image exists) and its
-generated pages come from the project itself."""
+"""The documentation builds strictly (every code reference resolves, every image exists), its
+generated pages come from the project itself, and its math is typeset by the KaTeX it ships."""
 
+import html
+import json
+import re
 import shutil
 import subprocess
 import sys
@@ -9,18 +12,78 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+KATEX = ROOT / "docs" / "javascripts" / "katex"
+MATH = re.compile(r'<(?P<tag>span|div) class="arithmatex">(?P<tex>.*?)</(?P=tag)>', re.DOTALL)
 
 
-def test_docs_build_strictly(tmp_path):
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """The site built once by `mkdocs build --strict`, shared by the tests that read its pages."""
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings")
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    pytest.importorskip("pymdownx.arithmatex")
+    site_dir = tmp_path_factory.mktemp("docs") / "site"
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(site_dir)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    cli_page = (tmp_path / "site" / "cli" / "index.html").read_text()
-    assert "vaekit train" in cli_page and "--importance-samples" in cli_page  # from the parser itself
-    api_page = (tmp_path / "site" / "api" / "distances" / "index.html").read_text()
+    return site_dir
+
+
+def test_docs_build_strictly(site):
+    cli_page = (site / "cli" / "index.html").read_text()
+    assert "vaekit train" in cli_page and "--importance-samples" in cli_page  # from the parser
+    api_page = (site / "api" / "distances" / "index.html").read_text()
     assert "chamfer_distance" in api_page and "earth_movers_distance" in api_page
+    assert (site / "architecture" / "index.html").is_file()
+
+
+def test_vae_guide_holds_math_that_the_shipped_katex_typesets(site):
+    page_path = site / "guides" / "vae" / "index.html"
+    page = page_path.read_text()
+    maths = [(m["tag"], html.unescape(m["tex"])) for m in MATH.finditer(page)]
+    # the IWAE bound as displayed TeX, and inline TeX in the prose
+    iwae_bound = r"\mathcal{L}_K(x) = \log \frac{1}{K} \sum_{k=1}^{K} w_k ."
+    assert ("div", "\\[\n" + iwae_bound + "\n\\]") in maths
+    assert ("span", r"\(q(z \mid x)\)") in maths
+    # KaTeX and its stylesheet: relative paths that exist in the built site, no CDN
+    scripts = ("katex/katex.min.js", "katex-init.js", "katex/katex.min.css")
+    for reference in (f"javascripts/{name}" for name in scripts):
+        match = re.search(r'(?:src|href)="(?P<path>[./]*' + re.escape(reference) + ')"', page)
+        assert match, f"{reference} is not referenced by {page_path.name}"
+        assert (page_path.parent / match["path"]).resolve().is_file()
+    assert not re.search(r'(?:src|href)="(?:https?:)?//[^"]*katex', page, re.IGNORECASE)
+    # every font the stylesheet names ships with it
+    stylesheet = site / "javascripts" / "katex" / "katex.min.css"
+    fonts = set(re.findall(r"url\((fonts/[^)]+)\)", stylesheet.read_text()))
+    assert fonts and all((stylesheet.parent / font).is_file() for font in fonts)
+
+
+def test_every_formula_parses_with_the_shipped_katex(site):
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    formulas = [
+        (str(page.relative_to(site)), html.unescape(m["tex"]))
+        for page in sorted(site.rglob("*.html"))
+        for m in MATH.finditer(page.read_text())
+    ]
+    assert len(formulas) > 50  # the guides, the metric conventions and the architecture page
+    script = r"""
+const katex = require(process.argv[1]);
+const failures = [];
+for (const [page, tex] of JSON.parse(require("fs").readFileSync(0, "utf8"))) {
+  const options = {displayMode: tex.startsWith("\\["), throwOnError: true};
+  try { katex.renderToString(tex.slice(2, -2), options); }
+  catch (error) { failures.push([page, tex, error.message]); }
+}
+process.stdout.write(JSON.stringify(failures));
+"""
+    result = subprocess.run([node, "-e", script, str(KATEX / "katex.min.js")],
+                            input=json.dumps(formulas), capture_output=True, text=True, timeout=120,
+                            check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout) == []
 
 
 def test_cli_reference_lists_every_subcommand():

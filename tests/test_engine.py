@@ -71,22 +71,58 @@ def test_resume_is_bit_exact(tmp_path, extra):
     assert steps == sorted(set(steps))  # no step logged twice after the resume
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    original = VAE.loss
+def _turn_loss_nan_from(monkeypatch, first_bad_step: int) -> list[int]:
+    """Make VAE.loss's total NaN from step index `first_bad_step` on; returns the steps it saw."""
+    original, seen = VAE.loss, []
 
     def loss_turning_nan(self, batch, *, group="model", step=0):
+        seen.append(step)
         losses = original(self, batch, group=group, step=step)
-        if step >= 23:
+        if step >= first_bad_step:
             return type(losses)(total=losses.total * float("nan"), terms=losses.terms)
         return losses
 
     monkeypatch.setattr(VAE, "loss", loss_turning_nan)
-    with pytest.raises(TrainingDivergedError, match="NaN or infinite .*step-20"):
+    return seen
+
+
+def test_nan_loss_stops_at_the_next_log_and_leaves_the_last_good_checkpoint_intact(tmp_path,
+                                                                                     monkeypatch):
+    clean = vaekit.train(tiny_config(tmp_path, name="clean"), quiet=True)  # same seed, never NaN
+    # log every 5 steps, checkpoint every 10: NaN from step index 23 (the 24th step) is caught at
+    # the log of step 25, after the step-20 checkpoint and before steps 26-30 and their checkpoint
+    seen = _turn_loss_nan_from(monkeypatch, 23)
+    with pytest.raises(TrainingDivergedError,
+                       match=r"NaN or infinite at or before step 25\b.*step-20"):
         vaekit.train(tiny_config(tmp_path), quiet=True)
-    checkpoints = list_checkpoints(tmp_path / "tiny" / "checkpoints")
-    assert checkpoints[-1].name == "step-20"
-    model = vaekit.load(tmp_path / "tiny")
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert seen == list(range(25))  # one loss per step, none after the logging step that caught it
+    run_dir = tmp_path / "tiny"
+    assert [p.name for p in list_checkpoints(run_dir / "checkpoints")] == ["step-10", "step-20"]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # the means holding the NaN are not logged
+    assert [r["step"] for r in records if r["split"] == "train"] == [5, 10, 15, 20]
+    # step 20 ran before the NaN: its checkpoint is the clean run's, tensor for tensor
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        kept = load_file(run_dir / f"checkpoints/step-20/{name}")
+        reference = load_file(clean / f"checkpoints/step-20/{name}")
+        assert kept.keys() == reference.keys(), name
+        assert all(torch.equal(kept[k], reference[k]) for k in reference), name
+    model, reference_model = vaekit.load(run_dir), vaekit.load(clean / "checkpoints/step-20")
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(model.reconstruct(x), reference_model.reconstruct(x), rtol=0, atol=0)
+
+
+def test_nan_before_the_first_checkpoint_stops_the_run_before_anything_is_saved(tmp_path,
+                                                                                monkeypatch):
+    # NaN from step index 7: caught at the log of step 10, before that step's evaluation and save
+    seen = _turn_loss_nan_from(monkeypatch, 7)
+    with pytest.raises(TrainingDivergedError,
+                       match=r"at or before step 10\b.*no checkpoint was written yet"):
+        vaekit.train(tiny_config(tmp_path), quiet=True)
+    assert seen == list(range(10))
+    assert list_checkpoints(tmp_path / "tiny" / "checkpoints") == []
+    lines = (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()
+    assert [(r["split"], r["step"]) for r in map(json.loads, lines)] == [("train", 5)]
 
 
 def test_unknown_config_key_lists_the_valid_keys(tmp_path):
@@ -111,7 +147,7 @@ def trained_run(tmp_path_factory):
 def test_save_load_gives_the_same_outputs(trained_run):
     model = vaekit.load(trained_run)
     again = vaekit.load(trained_run / "checkpoints" / "step-30")
-    x = torch.rand(5, 1, 8, 8)
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(model.reconstruct(x), again.reconstruct(x), rtol=0, atol=0)
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     torch.testing.assert_close(model.sample(4, generator=g1), again.sample(4, generator=g2), rtol=0, atol=0)
@@ -179,9 +215,10 @@ def test_bf16_autocast_trains_with_fp32_likelihood_and_kl(tmp_path):
     run_dir = vaekit.train(tiny_config(tmp_path, "train.precision=bf16", "model.architecture=conv",
                                        "model.conv_channels=[4,8]"), quiet=True)
     model = vaekit.load(run_dir)
-    x = (torch.rand(4, 1, 8, 8) > 0.5).float()
+    g = torch.Generator().manual_seed(0)
+    x = (torch.rand(4, 1, 8, 8, generator=g) > 0.5).float()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        losses = model.loss(Batch.of(x))
+        losses = model.loss(Batch.of(x, generator=g))
     assert all(v.dtype == torch.float32 for v in losses.terms.values())
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(r["loss"] == r["loss"] for r in records if r["split"] == "train")  # no NaN
@@ -225,7 +262,7 @@ def test_optimizer_is_fused_where_torch_has_it_and_steps_like_foreach():
     twin = VAE(model.config)
     twin.load_state_dict(reference)
     twin_optimizer = torch.optim.Adam(twin.parameters(), lr=1e-2, foreach=True)
-    x = torch.rand(16, 1, 8, 8)
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     for net, opt in ((model, optimizer), (twin, twin_optimizer)):
         for _ in range(5):
             opt.zero_grad()

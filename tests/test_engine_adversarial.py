@@ -14,8 +14,8 @@ from torch import nn
 import vaekit
 from vaekit.batch import Batch
 from vaekit.config import ModelConfig, load_config
-from vaekit.models.base import GenerativeModel, Losses
-from vaekit.models.registry import _MODELS, register_model
+from vaekit.models.base import Capability, GenerativeModel, Losses
+from vaekit.models.registry import register_model, unregister_model
 
 
 class ToyAdversarialConfig(ModelConfig):
@@ -26,6 +26,8 @@ class ToyAdversarialConfig(ModelConfig):
 
 class ToyAdversarial(GenerativeModel):
     """An adversarial auto-encoder in miniature: a latent discriminator against the encoder."""
+
+    capabilities = frozenset({Capability.SAMPLE})
 
     def __init__(self, config: ToyAdversarialConfig) -> None:
         super().__init__(config)
@@ -66,7 +68,7 @@ class ToyAdversarial(GenerativeModel):
 def toy_registered():
     register_model("toy-adversarial", ToyAdversarialConfig)(ToyAdversarial)
     yield
-    del _MODELS["toy-adversarial"]
+    unregister_model("toy-adversarial")
 
 
 def _config(tmp_path, *overrides, name="adv"):

@@ -1,4 +1,5 @@
-"""Bounds and estimators: the IWAE bound, the importance-sampled log p(x) against a closed form."""
+"""Bounds and estimators: the ELBO and the IWAE bound against hand computations and closed forms,
+the importance-sampled log p(x) against a closed form."""
 
 import math
 
@@ -11,6 +12,7 @@ from vaekit.models.vae import VAE, VAEConfig
 from vaekit.objectives import (
     bits_per_dim,
     dequantised_bits_per_dim,
+    elbo,
     free_bits_kl,
     importance_sampled_log_px,
     iwae_bound,
@@ -24,7 +26,7 @@ def test_iwae_bound_of_constant_weights_is_the_weight():
 
 
 def test_iwae_bound_is_at_least_the_mean_log_weight():
-    log_w = torch.randn(50, 10) * 3
+    log_w = torch.randn(50, 10, generator=torch.Generator().manual_seed(0)) * 3
     assert torch.all(iwae_bound(log_w) >= log_w.mean(0))
 
 
@@ -116,14 +118,75 @@ def test_importance_sampled_log_px_converges_with_a_poor_encoder():
     assert errors[1000] < errors[10] < errors[1]
 
 
-def test_iwae_training_objective_matches_log_weights():
-    model, x, _ = _linear_gaussian_vae(sigma=0.5, perturb=0.0)
-    model = VAE(model.config.model_copy(update={"iwae_samples": 5})).double()
-    losses = model.loss(Batch.of(x, generator=torch.Generator().manual_seed(0)))
-    assert losses.terms["iwae_bound"].shape == (16,)
+def _log_weight_parts_by_hand(model: VAE, x: torch.Tensor, noise: torch.Tensor, sigma: float):
+    """log p(x|z_k), log p(z_k) - log q(z_k|x), KL(q || p(z)) of the linear VAE, by hand.
+
+    x (B, 1, 2, 2), noise (K, B, 2) -> (K, B), (K, B), (B,).
+    """
+    encoder, decoder = model.encoder[1][0], model.decoder[0][0]
+    x_flat = x.view(x.shape[0], 4)
+    encoded = x_flat @ encoder.weight.detach().T + encoder.bias.detach()  # (B, 4)
+    q = torch.distributions.Normal(encoded[:, :2], torch.exp(0.5 * encoded[:, 2:]))  # (B, 2)
+    prior = torch.distributions.Normal(0.0, 1.0)
+    z = q.loc + q.scale * noise  # (K, B, 2)
+    decoded = z @ decoder.weight.detach().T + decoder.bias.detach()  # (K, B, 4)
+    log_px_z = torch.distributions.Normal(decoded, sigma).log_prob(x_flat).sum(-1)
+    log_prior_ratio = (prior.log_prob(z) - q.log_prob(z)).sum(-1)
+    kl = torch.distributions.kl_divergence(q, prior).sum(-1)
+    return log_px_z, log_prior_ratio, kl
+
+
+def test_vae_log_weights_equal_a_hand_computation_and_give_the_trained_iwae_bound():
+    model, x, _ = _linear_gaussian_vae(sigma=0.5, perturb=0.1)
+    iwae_model = VAE(model.config.model_copy(update={"iwae_samples": 5})).double()
+    iwae_model.load_state_dict(model.state_dict())
+    log_w = iwae_model.log_weights(x, 5, torch.Generator().manual_seed(0))  # (K, B)
+    losses = iwae_model.loss(Batch.of(x, generator=torch.Generator().manual_seed(0)))
+
+    # the draws of log_weights and of the loss: (K, B, D) from a generator seeded 0
+    noise = torch.randn(5, 16, 2, generator=torch.Generator().manual_seed(0)).double()
+    log_px_z, log_prior_ratio, kl = _log_weight_parts_by_hand(iwae_model, x, noise, sigma=0.5)
+    torch.testing.assert_close(log_w, log_px_z + log_prior_ratio)
+    assert log_w.std(0).min() > 0.01  # the weights differ, so the bound is not one weight
+
     assert set(losses.terms) == {"reconstruction", "kl", "elbo", "iwae_bound"}
-    assert losses.terms["iwae_bound"].mean() >= losses.terms["elbo"].mean() - 0.5  # elbo uses the closed-form KL
-    torch.testing.assert_close(losses.total, -losses.terms["iwae_bound"].mean())
+    by_hand = (torch.logsumexp(log_px_z + log_prior_ratio, 0) - math.log(5)).float()
+    torch.testing.assert_close(losses.terms["iwae_bound"], by_hand)
+    torch.testing.assert_close(losses.terms["iwae_bound"], iwae_bound(log_w))
+    torch.testing.assert_close(losses.total, -iwae_bound(log_w).mean())
+    torch.testing.assert_close(losses.terms["elbo"], elbo(log_px_z, kl))
+    torch.testing.assert_close(losses.terms["kl"], kl)
+
+
+def test_elbo_matches_a_hand_computation():
+    log_px_z = torch.tensor([[-1.0, -2.0], [-3.0, -6.0]])  # (K=2, B=2)
+    kl = torch.tensor([0.5, 1.0])
+    torch.testing.assert_close(elbo(log_px_z, kl), torch.tensor([-2.5, -5.0]))  # mean_k - KL
+    torch.testing.assert_close(elbo(log_px_z, kl, beta=2.0), torch.tensor([-3.0, -6.0]))
+    torch.testing.assert_close(elbo(log_px_z[:1], kl), torch.tensor([-1.5, -3.0]))
+    with pytest.raises(ValueError, match="elbo expects log_px_z of shape"):
+        elbo(log_px_z[0], kl)  # (B,) would silently average over the batch
+
+
+def test_elbo_of_the_linear_vae_is_log_px_minus_the_kl_to_the_true_posterior():
+    """Kingma & Welling 2014 eq. (1): ELBO = log p(x) - KL(q(z|x) || p(z|x)), both in closed form.
+
+    The encoder has the exact posterior mean and the diagonal of its covariance S, so
+    KL(N(m, diag S) || N(m, S)) = 0.5 (tr(S^-1 diag S) - d + log det S - log det diag S).
+    """
+    model, x, log_px_true = _linear_gaussian_vae(sigma=0.5, perturb=0.0)
+    g = torch.Generator().manual_seed(1)
+    noise = torch.randn(20_000, 16, 2, generator=g, dtype=torch.float64)
+    log_px_z, _, kl = _log_weight_parts_by_hand(model, x, noise, sigma=0.5)
+    weight = model.decoder[0][0].weight.detach()
+    covariance = torch.linalg.inv(torch.eye(2, dtype=torch.float64) + weight.T @ weight / 0.25)
+    diagonal = torch.diag(torch.diagonal(covariance))
+    kl_to_posterior = 0.5 * (torch.trace(torch.linalg.solve(covariance, diagonal)) - 2
+                             + torch.logdet(covariance) - torch.logdet(diagonal))
+    assert kl_to_posterior > 0.01  # the diagonal posterior is visibly not exact
+    standard_error = log_px_z.std(0) / math.sqrt(noise.shape[0])
+    error = elbo(log_px_z, kl) - (log_px_true - kl_to_posterior)
+    assert torch.all(error.abs() < 5 * standard_error)
 
 
 def test_diagonal_gaussian_standard_like_is_the_prior():

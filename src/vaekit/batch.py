@@ -5,6 +5,13 @@ generator seeded by (seed, step) and shared by all processes. A process holding 
 `rank::world_size` of the global batch draws the noise of the whole global batch and keeps its
 rows, so one process with batch 2B and two processes with batch B each see the same numbers; and
 a resumed run sees the same numbers as an uninterrupted one.
+
+Global-batch terms (a kernel MMD U-statistic, free-bits batch means, normalisation statistics) are
+computed over the whole global batch through `Batch.all_gather` / `Batch.all_reduce`, the identity
+on one process. Gradient rule: DDP averages parameter gradients over the W processes, and every
+process computes the same global term, so the gradient reaching a process's own rows through
+`all_gather` is multiplied by W; `all_reduce` sums gradients over processes in its backward. Either
+way W processes with batch B get the gradients of one process with batch W*B.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 
@@ -33,6 +41,31 @@ class Batch:
     def size(self) -> int:
         return self.x.shape[0]
 
+    @property
+    def global_size(self) -> int:
+        """Rows in the global batch (all processes)."""
+        return self.x.shape[0] * self.world_size
+
+    def all_gather(self, rows: Tensor) -> Tensor:
+        """This process's rows (B, ...) -> the global batch's rows (W*B, ...) in global order.
+
+        Only for terms every process computes identically: the gradient of the gathered tensor
+        reaches this process's own rows, multiplied by W (see the module docstring).
+        """
+        if self.world_size == 1:
+            return rows
+        return _GatherRows.apply(rows, self.rank, self.world_size)
+
+    def all_reduce(self, value: Tensor) -> Tensor:
+        """Sum of `value` over processes (differentiable: the backward sums gradients too)."""
+        if self.world_size == 1:
+            return value
+        return _SumOverProcesses.apply(value)
+
+    def global_mean(self, per_sample: Tensor) -> Tensor:
+        """Mean over the global batch of a per-sample tensor (B, ...) -> (...)."""
+        return self.all_reduce(per_sample.sum(0)) / self.global_size
+
     def randn(self, *shape: int, batch_dim: int = 0) -> Tensor:
         """Standard normal noise of `shape`, whose `batch_dim` indexes this process's samples."""
         return self._draw(torch.randn, shape, batch_dim)
@@ -51,6 +84,39 @@ class Batch:
             rows = torch.arange(self.rank, global_shape[batch_dim], self.world_size)
             noise = noise.index_select(batch_dim, rows.to(noise.device))
         return noise.to(self.x.device)
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather along dim 0 into global row order; backward: W times the gradient of the own rows."""
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, rank: int, world_size: int) -> Tensor:
+        parts = [torch.empty_like(rows) for _ in range(world_size)]
+        dist.all_gather(parts, rows.contiguous())
+        ctx.rank, ctx.world_size = rank, world_size
+        # local row i of rank r is global row i*W + r (rows rank::world_size)
+        return torch.stack(parts, dim=1).flatten(0, 1)  # (B, W, ...) -> (W*B, ...)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        own = grad.unflatten(0, (-1, ctx.world_size))[:, ctx.rank]  # (B, ...)
+        return ctx.world_size * own, None, None
+
+
+class _SumOverProcesses(torch.autograd.Function):
+    """all_reduce(SUM) whose backward all-reduces the gradient (each input feeds every process's sum)."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor) -> Tensor:
+        total = value.detach().clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        total = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(total)
+        return total
 
 
 def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:

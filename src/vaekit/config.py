@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from vaekit.errors import ConfigError
 
@@ -54,6 +62,47 @@ class ModelConfig(Section):
     name: str
 
 
+_MODEL_CONFIGS: dict[str, type[ModelConfig]] = {}  # filled by vaekit.models.registry.register_model
+
+
+def register_model_config(name: str, config_class: type[ModelConfig]) -> None:
+    """Make `model: {name: ...}` validate with `config_class` (called by `register_model`)."""
+    if name in _MODEL_CONFIGS:
+        raise ValueError(f"model {name!r} is already registered")
+    _MODEL_CONFIGS[name] = config_class
+
+
+def unregister_model_config(name: str) -> None:
+    del _MODEL_CONFIGS[name]
+
+
+def model_config_class(name: str) -> type[ModelConfig]:
+    """The config class registered under a model name."""
+    if name not in _MODEL_CONFIGS:
+        raise ConfigError(f"unknown model {name!r}; registered models: {', '.join(sorted(_MODEL_CONFIGS))}")
+    return _MODEL_CONFIGS[name]
+
+
+class CodeSpec(Section):
+    """What a parent run's codes are, so a child run over them is rebuilt from its config alone."""
+
+    shape: tuple[int, ...]  # per example: (k,) flat codes, or e.g. (H, W) a grid of code indices
+    dtype: Literal["float32", "int64"]  # continuous codes, or discrete symbols
+    num_symbols: int | None = Field(None, ge=2)  # discrete codes: symbols 0..num_symbols-1; None if continuous
+
+    @model_validator(mode="after")
+    def _symbols_iff_discrete(self) -> CodeSpec:
+        if (self.dtype == "int64") != (self.num_symbols is not None):
+            raise ValueError("num_symbols is given for discrete (int64) codes and only for them")
+        return self
+
+
+class TwoStageConfig(ModelConfig):
+    """Base config of a model over a parent run's codes (latent GMM/GAN, a prior over VQ codes)."""
+
+    codes: CodeSpec | None = None  # the parent's codes; filled from the parent run at training time
+
+
 class TrainConfig(Section):
     """The optimisation: one loop for every model."""
 
@@ -67,6 +116,7 @@ class TrainConfig(Section):
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"  # decay after warm-up
     lr_warmup_steps: int = 0  # linear learning-rate warm-up
     grad_clip: float | None = None  # max global gradient norm per group; None = off
+    skip_grad_norm: float | None = Field(None, gt=0)  # skip an update whose gradient norm is above this or non-finite
     ema_decay: float | None = None  # keep an EMA of weights (used for eval/sampling); None = off
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; math stays fp32
     device: str = "auto"  # auto = cuda if available else cpu; or cpu, cuda, cuda:1
@@ -98,6 +148,7 @@ class RunConfig(Section):
     name: str = "run"  # run directory <out_dir>/<name>: one plain path component
     out_dir: str = "runs"  # parent folder of run directories
     parent: str | None = None  # run directory whose frozen model this run builds on
+    parent_sha256: str | None = None  # SHA-256 of the parent's weights this run was trained on (filled in)
     data: Annotated[DataConfig | PointCloudDataConfig, Field(discriminator="name")] = DataConfig()
     model: SerializeAsAny[ModelConfig]
     train: TrainConfig = TrainConfig()
@@ -116,14 +167,11 @@ class RunConfig(Section):
     @classmethod
     def _dispatch_model(cls, value: Any) -> ModelConfig:
         """Validate `model` with the config class registered under its `name`."""
-        from vaekit.models.registry import lookup
-
         if isinstance(value, ModelConfig):
             return value
         if not isinstance(value, dict) or "name" not in value:
             raise ValueError("model must be a mapping with a `name` (see `vaekit models`)")
-        config_class, _ = lookup(value["name"])
-        return config_class.model_validate(value)
+        return model_config_class(value["name"]).model_validate(value)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -135,9 +183,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def validate_config(raw: dict[str, Any], *, source: str = "config") -> RunConfig:
-    """RunConfig from a plain mapping; every error names the key, the valid keys and the source."""
-    import vaekit.models  # noqa: F401  (registers the model families)
+    """RunConfig from a plain mapping; every error names the key, the valid keys and the source.
 
+    The model families register their configs when the vaekit package is imported.
+    """
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as error:
@@ -221,13 +270,8 @@ def _valid_keys(section: str, raw: dict[str, Any]) -> list[str]:
             model_class = PointCloudDataConfig if name in _DATA_NAMES[3:] else DataConfig
             continue
         if part == "model" and model_class is RunConfig:
-            from vaekit.models.registry import lookup
-
             name = raw.get("model", {}).get("name", "") if isinstance(raw.get("model"), dict) else ""
-            try:
-                model_class = lookup(name)[0]
-            except ConfigError:
-                model_class = ModelConfig
+            model_class = _MODEL_CONFIGS.get(name, ModelConfig)
             continue
         annotation = model_class.model_fields[part].annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):

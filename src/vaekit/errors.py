@@ -15,6 +15,10 @@ class DataError(VaekitError, ValueError):
     """Input data is missing, unreadable or invalid (names the file and the problem)."""
 
 
+class CapabilityError(VaekitError):
+    """A model was asked for something it does not declare it can do (sample, a Gaussian posterior, codes...)."""
+
+
 class CheckpointError(VaekitError):
     """A checkpoint is corrupt, truncated or does not match the model it is loaded into."""
 

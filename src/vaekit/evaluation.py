@@ -10,13 +10,14 @@ import torch
 from vaekit.config import EvalConfig
 from vaekit.data import ImageData, PointCloudData
 from vaekit.distributions import DiagonalGaussian
-from vaekit.errors import ConfigError
+from vaekit.errors import CapabilityError, ConfigError
 from vaekit.latent_paths import slerp, traversal
 from vaekit.metrics.images import latent_scores, likelihood_scores, reconstruction_scores
 from vaekit.metrics.latent import kl_per_dimension
 from vaekit.metrics.pointclouds import linear_svm_accuracy
 from vaekit.metrics.pointclouds import reconstruction_scores as point_cloud_scores
 from vaekit.models import GenerativeModel
+from vaekit.models.base import Capability
 from vaekit.viz import save_image_grid, save_point_cloud_grid, save_posterior_plot
 
 
@@ -24,11 +25,6 @@ def test_images(model: GenerativeModel, data: ImageData | PointCloudData, config
     """The first eval.num_images test examples (images or clouds), on the model's device."""
     x = data.test if config.num_images is None else data.test[: config.num_images]
     return x.to(model.device)
-
-
-def can_sample(model: GenerativeModel) -> bool:
-    """Whether the model generates new data (a plain auto-encoder does not)."""
-    return type(model).sample is not GenerativeModel.sample
 
 
 @torch.inference_mode()
@@ -43,24 +39,22 @@ def evaluate(model: GenerativeModel, data: ImageData | PointCloudData, config: E
     results: dict[str, Any] = {}
     if isinstance(data, PointCloudData):
         results |= point_cloud_scores(model, x, config.images_per_chunk, emd=config.point_cloud_emd)
-        if hasattr(model, "latent_codes") and len(data.categories) > 1:
+        if model.can(Capability.FLAT_CODES) and len(data.categories) > 1:
             results["svm_accuracy"] = representation_test(model, data, config.images_per_chunk)
-        if hasattr(model, "extra_scores"):
-            results |= model.extra_scores(x)
+        results |= model.extra_scores(x)
         model.train(was_training)
         return results
-    if hasattr(model, "log_weights"):
+    if model.can(Capability.LIKELIHOOD):
         spec = model.likelihood
         results |= likelihood_scores(model, x, config, is_discrete=spec.is_discrete, num_levels=data.num_levels,
                                     progress=progress)
-    if hasattr(model, "encode"):
+    if model.can(Capability.GAUSSIAN_POSTERIOR):
         results |= latent_scores(model, x, config)
         if "elbo" in results:
             results["reconstruction_nll"] = -(results["elbo"] + results["kl"])
     results |= reconstruction_scores(model, x, config.images_per_chunk)
-    if hasattr(model, "extra_scores"):
-        results |= model.extra_scores(x)
-    if config.sample_quality_samples and can_sample(model):
+    results |= model.extra_scores(x)
+    if config.sample_quality_samples and model.can(Capability.SAMPLE):
         results |= sample_quality(model, data, config.sample_quality_samples, seed=config.seed)
     model.train(was_training)
     return results
@@ -100,8 +94,9 @@ def sample_quality(model: GenerativeModel, data: ImageData, num_samples: int, *,
 @torch.inference_mode()
 def write_posterior_plot(model: GenerativeModel, data: ImageData, config: EvalConfig, path: Path) -> Path:
     """`vaekit eval --plots`: the distributions of the encoder's mean and log_var per latent dimension."""
-    if not hasattr(model, "encode"):
-        raise ConfigError(f"{type(model).__name__} has no Gaussian encoder: --plots draws the mean and log_var of q(z|x)")
+    if not model.can(Capability.GAUSSIAN_POSTERIOR):
+        raise CapabilityError(f"model {model.config.name!r} has no Gaussian encoder: --plots draws the mean and "
+                              "log_var of q(z|x)")
     parts = [model.encode(c) for c in test_images(model, data, config).split(config.images_per_chunk)]
     mean, log_var = torch.cat([p.mean for p in parts]).float(), torch.cat([p.log_var for p in parts]).float()
     return save_posterior_plot(mean, log_var, kl_per_dimension(DiagonalGaussian(mean, log_var)), path)
@@ -124,10 +119,10 @@ def write_point_cloud_renders(model: GenerativeModel, data: PointCloudData, run_
     picks = x[torch.linspace(0, len(x) - 1, 5).long()]  # spread over the (category-ordered) test split
     written = [save_point_cloud_grid(torch.cat([picks, model.reconstruct(picks)]),
                                      run_dir / "reconstructions" / f"step-{step}.png")]
-    if hasattr(model, "latent_codes") and hasattr(model, "decode_mean"):
+    if model.can(Capability.FLAT_CODES):
         written.append(save_point_cloud_grid(linear_interpolation(model, picks[0], picks[-1]),
                                              run_dir / "interpolations" / f"step-{step}.png"))
-    if can_sample(model):
+    if model.can(Capability.SAMPLE):
         samples = model.sample(10, generator=torch.Generator().manual_seed(config.seed))
         written.append(save_point_cloud_grid(samples, run_dir / "samples" / f"step-{step}.png"))
     return written
@@ -142,15 +137,17 @@ def linear_interpolation(model: GenerativeModel, start: torch.Tensor, end: torch
 
 @torch.inference_mode()
 def write_image_grids(model: GenerativeModel, data: ImageData, run_dir: Path, step: int, config: EvalConfig) -> list[Path]:
-    """samples/, reconstructions/ (originals above, reconstructions below), traversals/, interpolations/."""
-    generator = torch.Generator().manual_seed(config.seed)
+    """samples/ (models that sample), reconstructions/ (originals above, reconstructions below), and for
+    flat continuous codes traversals/ and interpolations/."""
     n = config.num_grid_images
     x = test_images(model, data, config)[: min(n, 32)]
     written = [
-        save_image_grid(model.sample(n, generator=generator), run_dir / "samples" / f"step-{step}.png"),
         save_image_grid(originals_over_reconstructions(model, x), run_dir / "reconstructions" / f"step-{step}.png"),
     ]
-    if hasattr(model, "latent_codes") and hasattr(model, "decode_mean"):
+    if model.can(Capability.SAMPLE):
+        samples = model.sample(n, generator=torch.Generator().manual_seed(config.seed))
+        written.append(save_image_grid(samples, run_dir / "samples" / f"step-{step}.png"))
+    if model.can(Capability.FLAT_CODES):
         written.append(save_image_grid(traversal_images(model, x[:1]), run_dir / "traversals" / f"step-{step}.png", nrow=11))
         written.append(save_image_grid(interpolation_images(model, x), run_dir / "interpolations" / f"step-{step}.png", nrow=10))
     return written

@@ -1,8 +1,9 @@
 """Objectives and bounds over log-weights log w = log p(x, z) - log q(z|x), written once for every
 latent-variable model (single-latent VAE now, hierarchical VAEs later).
 
-A model that provides `log_weights(x, num_samples, generator) -> (K, B)` gets the IWAE bound, the
-importance-sampled log p(x) and bits/dim from here.
+A model with an ELBO computes it with `elbo`; a model that provides
+`log_weights(x, num_samples, generator) -> (K, B)` gets the IWAE bound, the importance-sampled
+log p(x) and bits/dim from here.
 """
 
 from __future__ import annotations
@@ -22,6 +23,21 @@ class LatentVariableModel(Protocol):
         ...
 
 
+def elbo(log_px_z: Tensor, kl: Tensor, *, beta: float = 1.0) -> Tensor:
+    """ELBO, Kingma & Welling 2014 eq. (3): E_q(z|x)[log p(x|z)] - beta KL(q(z|x) || p(z)); -> (B,).
+
+    log_px_z (K, B) holds log p(x|z_k) for K draws z_k ~ q(z|x), averaged over k (K = 1: the SGVB
+    estimator B, eq. (7)); kl (B,) is per sample, closed-form or free-bits. beta != 1 gives the
+    beta-VAE objective (Higgins et al. 2017 eq. (4)); the default is the ELBO.
+    """
+    if log_px_z.dim() != 2 or log_px_z.shape[1:] != kl.shape:
+        raise ValueError(
+            f"elbo expects log_px_z of shape (K, B) and kl of shape (B,), got "
+            f"{tuple(log_px_z.shape)} and {tuple(kl.shape)}"
+        )
+    return log_px_z.mean(0) - beta * kl
+
+
 def iwae_bound(log_weights: Tensor) -> Tensor:
     """IWAE bound, Burda et al. 2016 eq. (8): log (1/K) sum_k p(x, z_k)/q(z_k|x); (K, B) -> (B,)."""
     num_samples = log_weights.shape[0]
@@ -35,16 +51,19 @@ def kl_weight(step: int, *, beta: float, warmup_steps: int) -> float:
     return beta * min(1.0, step / warmup_steps)
 
 
-def free_bits_kl(kl_per_dim: Tensor, free_bits: float) -> Tensor:
+def free_bits_kl(kl_per_dim: Tensor, free_bits: float, *, batch_mean_kl: Tensor | None = None) -> Tensor:
     """Free-bits KL, Kingma et al. 2016 eq. (15): sum_j max(lambda, E_batch KL_j), as per-sample (B,).
 
     A dimension whose batch-mean KL is below `free_bits` nats contributes the constant lambda (no
     gradient); the others contribute their per-sample KL, so the batch mean equals the paper's
-    objective. kl_per_dim: (B, D) -> (B,).
+    objective. kl_per_dim: (B, D) -> (B,). `batch_mean_kl` (D,) is E_batch KL_j over the global
+    batch (a global-batch term: pass `Batch.global_mean(kl_per_dim)` under DDP); default: this batch.
     """
     if free_bits <= 0.0:
         return kl_per_dim.sum(-1)
-    active = kl_per_dim.mean(0, keepdim=True) >= free_bits  # (1, D)
+    if batch_mean_kl is None:
+        batch_mean_kl = kl_per_dim.mean(0)
+    active = batch_mean_kl.detach().unsqueeze(0) >= free_bits  # (1, D)
     clamped = torch.where(active, kl_per_dim, torch.full_like(kl_per_dim, free_bits))
     return clamped.sum(-1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import platform
 import shutil
@@ -85,17 +86,23 @@ def collect_versions(seed: int) -> dict[str, Any]:
     import numpy
     import torch
 
-    import vaekit
-
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
-        "vaekit": vaekit.__version__,
+        "vaekit": package_version(),
         "git": _git_hash(),
         "seed": seed,
     }
+
+
+def package_version() -> str:
+    """vaekit's installed version (from the package metadata, not by importing the package)."""
+    try:
+        return importlib.metadata.version("vaekit")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def _git_hash() -> str | None:

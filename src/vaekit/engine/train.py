@@ -18,7 +18,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
-from vaekit.api import build_run_model, with_parent_data
 from vaekit.batch import Batch, step_generator
 from vaekit.config import RunConfig, TrainConfig, config_to_dict
 from vaekit.data import ImageData, PointCloudData, binarize, check_support, load_data
@@ -40,9 +39,10 @@ from vaekit.engine.rundir import (
     run_dir_of,
     write_run_files,
 )
+from vaekit.engine.runs import build_run_model, resolve_parent_run
 from vaekit.errors import CheckpointError, ConfigError, TrainingDivergedError
 from vaekit.evaluation import evaluate, write_pictures
-from vaekit.models import GenerativeModel
+from vaekit.models import GenerativeModel, Losses
 
 
 def train(
@@ -52,7 +52,7 @@ def train(
 
     Under torchrun (WORLD_SIZE > 1) every process calls this; rank 0 writes.
     """
-    config = with_parent_data(config)
+    config = resolve_parent_run(config)
     ctx = init_distributed(config.train.device)
     if config.train.num_threads is not None:
         torch.set_num_threads(config.train.num_threads)
@@ -175,11 +175,17 @@ def _fused_or_foreach(optimizer_class: type[torch.optim.Optimizer], params: list
 
 
 class WeightEMA:
-    """Exponential moving average of a model's floating-point state (weights and buffers)."""
+    """Exponential moving average of a model's parameters and of the buffers it opts into.
 
-    def __init__(self, model: nn.Module, decay: float) -> None:
+    Buffers that are themselves running statistics (an EMA codebook, batch-norm statistics) are
+    not averaged again unless the model names them in `averaged_buffers()`; the live ones are used.
+    """
+
+    def __init__(self, model: GenerativeModel, decay: float) -> None:
         self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        names = [name for name, _ in model.named_parameters()] + list(model.averaged_buffers())
+        state = model.state_dict()
+        self.shadow = {k: state[k].detach().clone() for k in names if state[k].is_floating_point()}
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
@@ -204,13 +210,15 @@ class Trainer:
     def __init__(self, config: RunConfig, data: ImageData | PointCloudData, ctx: DistContext, *, quiet: bool) -> None:
         self.config, self.data, self.ctx, self.quiet = config, data, ctx, quiet
         self.train_cfg = config.train
-        torch.manual_seed(self.train_cfg.seed)
-        self.model = build_run_model(config, device=ctx.device)
+        with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+            torch.manual_seed(self.train_cfg.seed)  # initialisation; the caller's global RNG is left as it was
+            self.model = build_run_model(config, device=ctx.device)
         self.optimizers = make_optimizers(self.model, self.train_cfg)
         self.ema = WeightEMA(self.model, self.train_cfg.ema_decay) if self.train_cfg.ema_decay else None
         self.autocast = _autocast(ctx.device, self.train_cfg.precision)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.train_cfg.precision == "fp16")
         self.step = 0
+        self.skipped_steps = 0  # steps whose update was skipped (train.skip_grad_norm), across resumes
         self.train_seconds = 0.0  # wall time spent in training steps (not evaluation or saving), across resumes
         self.run_dir: Path | None = None
         self.train_x = data.train.to(ctx.device)
@@ -249,6 +257,9 @@ class Trainer:
         if saved_model_cfg != current:
             keys = sorted(k for k in set(saved_model_cfg) | set(current) if saved_model_cfg.get(k) != current.get(k))
             raise CheckpointError(f"{checkpoint}: model config differs from this run's in {keys}")
+        if state["config"].get("parent_sha256") != self.config.parent_sha256:
+            raise CheckpointError(f"{checkpoint}: the parent run changed since this run was trained "
+                                  "(its checkpoint's SHA-256 differs); train this run again with --force")
         load_model_weights(self.model, load_tensor_file(checkpoint, "model.safetensors", state), checkpoint)
         load_optimizers(checkpoint, state, self.optimizers)
         if self.ema is not None:
@@ -257,6 +268,7 @@ class Trainer:
             self.scaler.load_state_dict(state["extra"]["grad_scaler"])
         self.step = int(state["step"])
         self.train_seconds = float(state["extra"].get("train_seconds", 0.0))
+        self.skipped_steps = int(state["extra"].get("skipped_steps", 0))
 
     def run(self) -> None:
         if not self.optimizers:
@@ -265,8 +277,10 @@ class Trainer:
         cfg = self.train_cfg
         model: nn.Module = self.model
         if self.ctx.distributed:
+            # buffers are not broadcast from rank 0: every process updates them identically (global-batch
+            # statistics, the post-step hook), and the 2-process test would see any drift
             model = DistributedDataParallel(
-                self.model, find_unused_parameters=len(self.optimizers) > 1,
+                self.model, find_unused_parameters=len(self.optimizers) > 1, broadcast_buffers=False,
             )
         progress = tqdm(total=cfg.steps, initial=self.step, disable=self.quiet or not self.ctx.is_main,
                         desc=self.config.name, dynamic_ncols=True)
@@ -277,30 +291,24 @@ class Trainer:
             started = time.perf_counter()
             self.model.train()
             batch = self._batch(step)
-            torch.manual_seed(cfg.seed + 7919 * step + self.ctx.rank)
+            skipped = False
             for group in self.model.updates(step):
-                optimizer = self.optimizers[group]
-                for param_group in optimizer.param_groups:
-                    param_group["lr"] = cfg.group_lr.get(group, cfg.lr) * lr_factor(step, cfg)
-                for other in self.optimizers.values():
-                    other.zero_grad(set_to_none=True)
-                with self.autocast:
-                    losses = model(batch, group=group, step=step)
-                nonfinite |= ~torch.isfinite(losses.total.detach())
-                self.scaler.scale(losses.total).backward()
-                if cfg.grad_clip is not None:
-                    self.scaler.unscale_(optimizer)
-                    params = [p for g in optimizer.param_groups for p in g["params"]]
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                self.scaler.step(optimizer)
-                self.scaler.update()
+                losses, applied = self._update(model, group, batch, step)
+                skipped |= not applied
+                if applied:  # a skipped update's loss may be non-finite: that is why it was skipped
+                    nonfinite |= ~torch.isfinite(losses.total.detach())
                 prefix = "" if len(self.optimizers) == 1 else f"{group}/"
                 for name, value in {**losses.terms, "loss": losses.total}.items():
                     key = prefix + name
                     total, count = sums.get(key, (0.0, 0))
                     sums[key] = (total + value.detach().float().mean(), count + 1)
-            if self.ema is not None:
-                self.ema.update(self.model)
+            if skipped:
+                self.skipped_steps += 1
+            else:
+                with torch.no_grad():
+                    self.model.update_buffers(batch, step)  # once per step, after every optimiser step
+                if self.ema is not None:
+                    self.ema.update(self.model)
             self.step = step + 1
             self.train_seconds += time.perf_counter() - started
             progress.update(1)
@@ -309,7 +317,8 @@ class Trainer:
                 self._check_finite(nonfinite, step)
                 means = self._reduce({k: total / count for k, (total, count) in sums.items()})
                 progress.set_postfix({k: f"{v:.4g}" for k, v in means.items()}, refresh=False)
-                self._log("train", means | {"lr": cfg.lr * lr_factor(step, cfg), "train_seconds": self.train_seconds})
+                self._log("train", means | {"lr": cfg.lr * lr_factor(step, cfg), "train_seconds": self.train_seconds,
+                                            "skipped_steps": self.skipped_steps})
                 sums = {}
             if self.step % cfg.eval_every == 0 or last:
                 self._check_finite(nonfinite, step)
@@ -319,6 +328,33 @@ class Trainer:
                 self._save()
         progress.close()
         self.ctx.barrier()
+
+    def _update(self, model: nn.Module, group: str, batch: Batch, step: int) -> tuple[Losses, bool]:
+        """One update of `group`: loss, backward, clipping, optimiser step. Returns (losses, applied).
+
+        With train.skip_grad_norm, an update whose gradient norm is non-finite or above it is not
+        applied (Child 2021, VDVAE); the norm is of DDP's averaged gradients, so every process agrees.
+        """
+        cfg = self.train_cfg
+        optimizer = self.optimizers[group]
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = cfg.group_lr.get(group, cfg.lr) * lr_factor(step, cfg)
+        for other in self.optimizers.values():
+            other.zero_grad(set_to_none=True)
+        with self.autocast:
+            losses = model(batch, group=group, step=step)
+        self.scaler.scale(losses.total).backward()
+        applied = True
+        if cfg.grad_clip is not None or cfg.skip_grad_norm is not None:
+            self.scaler.unscale_(optimizer)
+            params = [p for g in optimizer.param_groups for p in g["params"]]
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip is not None else math.inf)
+            if cfg.skip_grad_norm is not None:
+                applied = bool(torch.isfinite(norm) & (norm <= cfg.skip_grad_norm))  # one sync per update
+        if applied:
+            self.scaler.step(optimizer)
+        self.scaler.update()
+        return losses, applied
 
     def _fit(self) -> None:
         """A model with no parameter groups is fitted once on the whole training split (step 1)."""
@@ -400,7 +436,8 @@ class Trainer:
 
     def _save(self) -> None:
         if self.ctx.is_main:
-            extra: dict[str, Any] = {"world_size": self.ctx.world_size, "train_seconds": self.train_seconds}
+            extra: dict[str, Any] = {"world_size": self.ctx.world_size, "train_seconds": self.train_seconds,
+                                     "skipped_steps": self.skipped_steps}
             if self.scaler.is_enabled():
                 extra["grad_scaler"] = self.scaler.state_dict()
             save_checkpoint(

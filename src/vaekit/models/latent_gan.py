@@ -17,13 +17,13 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from vaekit.batch import Batch
-from vaekit.config import ModelConfig
+from vaekit.config import TwoStageConfig
 from vaekit.models.base import LatentSpaceModel, Losses
 from vaekit.models.registry import register_model
 from vaekit.nn.image_nets import mlp
 
 
-class LatentGANConfig(ModelConfig):
+class LatentGANConfig(TwoStageConfig):
     """A GAN over a parent auto-encoder's latent codes."""
 
     name: Literal["latent-gan"] = "latent-gan"
@@ -42,7 +42,9 @@ class LatentGAN(LatentSpaceModel):
 
     config: LatentGANConfig
 
-    def build_for_latent_dim(self, latent_dim: int) -> None:
+    def __init__(self, config: LatentGANConfig) -> None:
+        super().__init__(config)
+        latent_dim = self.continuous_code_dim()
         self.generator = mlp([self.config.noise_dim, *self.config.generator_hidden_dims, latent_dim], "relu")
         self.discriminator = nn.Sequential(
             mlp([latent_dim, *self.config.discriminator_hidden_dims, 1], "relu"), nn.Flatten(0)

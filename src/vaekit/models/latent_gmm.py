@@ -12,13 +12,13 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from vaekit.config import ModelConfig
+from vaekit.config import TwoStageConfig
 from vaekit.models.base import LatentSpaceModel
 from vaekit.models.registry import register_model
 from vaekit.priors import GaussianMixture
 
 
-class LatentGMMConfig(ModelConfig):
+class LatentGMMConfig(TwoStageConfig):
     """A full-covariance Gaussian mixture over a parent auto-encoder's latent codes."""
 
     name: Literal["latent-gmm"] = "latent-gmm"
@@ -35,8 +35,9 @@ class LatentGMM(LatentSpaceModel):
 
     config: LatentGMMConfig
 
-    def build_for_latent_dim(self, latent_dim: int) -> None:
-        self.mixture = GaussianMixture(self.config.num_components, latent_dim)
+    def __init__(self, config: LatentGMMConfig) -> None:
+        super().__init__(config)
+        self.mixture = GaussianMixture(config.num_components, self.continuous_code_dim())
 
     def parameter_groups(self) -> dict[str, list[torch.nn.Parameter]]:
         return {}

@@ -14,11 +14,11 @@ from pydantic import Field
 from torch import Tensor
 
 from vaekit.batch import Batch
-from vaekit.config import ModelConfig
+from vaekit.config import CodeSpec, ModelConfig
 from vaekit.divergences import chamfer_distance
 from vaekit.emd import matched_emd, random_directions, sliced_wasserstein
 from vaekit.errors import ConfigError
-from vaekit.models.base import GenerativeModel, Losses
+from vaekit.models.base import Capability, GenerativeModel, Losses
 from vaekit.models.registry import register_model
 from vaekit.nn.pointnet import PointDecoder, PointNetEncoder
 
@@ -42,6 +42,7 @@ class PointCloudAE(GenerativeModel):
     """points (B, P, 3) -> code (B, k) -> points (B, P, 3)."""
 
     config: PointCloudAEConfig
+    capabilities = frozenset({Capability.FLAT_CODES})
 
     def __init__(self, config: PointCloudAEConfig) -> None:
         super().__init__(config)
@@ -49,6 +50,9 @@ class PointCloudAE(GenerativeModel):
             raise ConfigError("model.num_points is not set (vaekit.train fills it from the data)")
         self.encoder = PointNetEncoder([*config.encoder_channels, config.latent_dim])
         self.decoder = PointDecoder(config.latent_dim, config.decoder_hidden_dims, config.num_points)
+
+    def code_spec(self) -> CodeSpec:
+        return CodeSpec(shape=(self.config.latent_dim,), dtype="float32")
 
     def latent_codes(self, points: Tensor) -> Tensor:
         return self.encoder(points)
@@ -61,7 +65,8 @@ class PointCloudAE(GenerativeModel):
 
     def loss(self, batch: Batch, *, group: str = "model", step: int = 0) -> Losses:
         """Chamfer distance, EMD or sliced W1 between each cloud and its reconstruction, averaged over the batch."""
-        reconstruction = self.reconstruct(batch.x).float()
+        codes = self.encoder(batch.x, sum_over_processes=batch.all_reduce)  # (B, k), global batch statistics
+        reconstruction = self.decoder(codes).float()  # (B, P, 3)
         if self.config.loss == "sliced":  # fresh directions each step, the same on every process
             directions = random_directions(self.config.sliced_directions, batch.x.shape[2], generator=batch.generator)
             sliced = sliced_wasserstein(batch.x.float(), reconstruction, directions.to(batch.x.device))  # (B,)

@@ -13,10 +13,10 @@ from pydantic import Field
 from torch import Tensor
 
 from vaekit.batch import Batch
-from vaekit.config import ModelConfig
+from vaekit.config import CodeSpec, ModelConfig
 from vaekit.distributions import DiagonalGaussian, at_least_fp32, kl_divergence, sum_except_batch
 from vaekit.likelihoods import ImageDistribution, ImageLikelihood, LikelihoodName
-from vaekit.models.base import GenerativeModel, Losses
+from vaekit.models.base import Capability, GenerativeModel, Losses
 from vaekit.models.registry import register_model
 from vaekit.nn.image_nets import (
     Activation,
@@ -62,6 +62,8 @@ class VAE(GenerativeModel):
     """x (B, C, H, W) in [0, 1] -> q(z|x) over z (B, latent_dim) -> p(x|z)."""
 
     config: VAEConfig
+    capabilities = frozenset({Capability.SAMPLE, Capability.GAUSSIAN_POSTERIOR, Capability.LIKELIHOOD,
+                              Capability.FLAT_CODES})
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__(config)
@@ -104,7 +106,9 @@ class VAE(GenerativeModel):
             total = -bound.mean()
         else:
             weight = kl_weight(step, beta=self.config.beta, warmup_steps=self.config.kl_warmup_steps)
-            total = (reconstruction + weight * free_bits_kl(kl_per_dim, self.config.free_bits)).mean()
+            batch_mean_kl = batch.global_mean(kl_per_dim.detach()) if self.config.free_bits > 0 else None  # (D,)
+            total = (reconstruction + weight * free_bits_kl(kl_per_dim, self.config.free_bits,
+                                                            batch_mean_kl=batch_mean_kl)).mean()
         return Losses(total=total, terms={"reconstruction": reconstruction, "kl": kl,
                                           "elbo": -reconstruction - kl, "iwae_bound": bound})
 
@@ -131,6 +135,9 @@ class VAE(GenerativeModel):
     def reconstruct(self, x: Tensor) -> Tensor:
         """Decoder mean at the posterior mean: (B, C, H, W) -> (B, C, H, W) in [0, 1]."""
         return self.likelihood.mean_image(self.decode(self.encode(x).mean))
+
+    def code_spec(self) -> CodeSpec:
+        return CodeSpec(shape=(self.config.latent_dim,), dtype="float32")
 
     def latent_codes(self, x: Tensor) -> Tensor:
         """The code a two-stage model sees: the posterior mean, (B, latent_dim)."""

@@ -18,10 +18,10 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from vaekit.batch import Batch
-from vaekit.config import ModelConfig
+from vaekit.config import CodeSpec, ModelConfig
 from vaekit.distributions import DiagonalGaussian
 from vaekit.divergences import mmd_unbiased
-from vaekit.models.base import GenerativeModel, Losses
+from vaekit.models.base import Capability, GenerativeModel, Losses
 from vaekit.models.registry import register_model
 from vaekit.nn.image_nets import (
     Activation,
@@ -67,6 +67,7 @@ class WAE(GenerativeModel):
     """Encoder Q, decoder G (pixel means through a sigmoid) and the reconstruction cost."""
 
     config: WAEConfig
+    capabilities = frozenset({Capability.SAMPLE, Capability.FLAT_CODES})
 
     def __init__(self, config: WAEConfig) -> None:
         super().__init__(config)
@@ -82,6 +83,9 @@ class WAE(GenerativeModel):
             return out
         mean, log_var = out.chunk(2, dim=-1)
         return DiagonalGaussian(mean, log_var).rsample(batch.randn(batch.size, self.config.latent_dim))
+
+    def code_spec(self) -> CodeSpec:
+        return CodeSpec(shape=(self.config.latent_dim,), dtype="float32")
 
     def latent_codes(self, x: Tensor) -> Tensor:
         """The code of x: the encoder's output (its mean for a Gaussian encoder), (B, latent_dim)."""
@@ -125,8 +129,9 @@ class WAEMMD(WAE):
         z = self.encode_sample(batch)  # (B, d_z)
         reconstruction = self.reconstruction_cost(batch.x, z)  # (B,)
         prior = self.prior_sample(z.shape, noise=batch.randn(batch.size, self.config.latent_dim))
-        mmd = mmd_unbiased(z, prior, kernel=self.config.kernel, prior_variance=self.config.prior_std**2,
-                           bandwidth=self.config.rbf_bandwidth)  # batch-level scalar
+        # a global-batch term: the U-statistic over every process's codes and prior draws (W*B, d_z)
+        mmd = mmd_unbiased(batch.all_gather(z), batch.all_gather(prior), kernel=self.config.kernel,
+                           prior_variance=self.config.prior_std**2, bandwidth=self.config.rbf_bandwidth)
         return Losses(total=reconstruction.mean() + self.config.penalty_weight * mmd,
                       terms={"reconstruction": reconstruction, "mmd": mmd})
 

@@ -1,0 +1,41 @@
+"""Tiny training runs of every registered model, for the 1-process vs 2-process equivalence test.
+
+Each case: a preset, key=value overrides, and the case whose run is its parent (two-stage models).
+A registered model without a case fails tests/test_distributed.py, so every future model joins.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vaekit.config import RunConfig, load_config
+
+STEPS = 6
+COMMON = [f"train.steps={STEPS}", "train.batch_size=16", "train.log_every=3", f"train.eval_every={STEPS}",
+          f"train.checkpoint_every={STEPS}", "train.num_threads=1", "train.ema_decay=0.5",
+          "eval.num_importance_samples=4", "eval.num_images=16", "eval.num_grid_images=4"]
+DIGITS = ["data.max_train=128", "data.max_test=16"]
+POINTS = ["data={name: procedural, num_points: 64, shapes_per_category: 10, categories: [chair, mug]}"]
+MLP_IMAGES = "architecture: mlp, hidden_dims: [16], latent_dim: 3"
+
+CASES: dict[str, tuple[str, list[str], str | None]] = {
+    "vae": ("digits-vae", [*DIGITS, f"model={{name: vae, {MLP_IMAGES}, free_bits: 0.2}}"], None),
+    "wae-mmd": ("digits-vae", [*DIGITS, f"model={{name: wae-mmd, {MLP_IMAGES}}}"], None),
+    "wae-gan": ("digits-vae", [*DIGITS, f"model={{name: wae-gan, {MLP_IMAGES}, discriminator_hidden_dims: [8]}}"],
+                None),
+    "pointcloud-ae": ("pointcloud-ae", [*POINTS, ("model={name: pointcloud-ae, latent_dim: 8, loss: sliced, "
+                                                 "encoder_channels: [8, 16], decoder_hidden_dims: [16]}")], None),
+    "latent-gan": ("pointcloud-latent-gan", [("model={name: latent-gan, loss: wgan-gp, noise_dim: 4, critic_updates: 2, "
+                                             "generator_hidden_dims: [8], discriminator_hidden_dims: [8]}")],
+                   "pointcloud-ae"),
+    "latent-gmm": ("digits-latent-gmm", ["model={name: latent-gmm, num_components: 2}"], "vae"),
+    "toy-codebook": ("digits-vae", [*DIGITS, "data.binarize=none", "model={name: toy-codebook}"], None),
+}
+
+
+def case_config(name: str, out_dir: Path, run_name: str) -> RunConfig:
+    """The config of case `name`, writing to out_dir/run_name; a child's parent is out_dir/<parent>-1."""
+    preset, overrides, parent = CASES[name]
+    extra = [f"parent={out_dir / (parent + '-1')}"] if parent else []
+    cache = [f"data.cache_dir={out_dir / 'cache'}"] if any(o.startswith("data={name: procedural") for o in overrides) else []
+    return load_config(preset, [f"out_dir={out_dir}", f"name={run_name}", *COMMON, *overrides, *extra, *cache])
