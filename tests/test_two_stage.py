@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
+import yaml
 from conftest import tiny_config
 from safetensors.torch import load_file
 
 import vaekit
 from vaekit.config import load_config
-from vaekit.errors import ConfigError
+from vaekit.errors import CheckpointError, ConfigError
 from vaekit.priors import GaussianMixture
 
 
@@ -65,3 +68,32 @@ def test_gaussian_mixture_recovers_planted_components():
     draws = mixture.sample(20000, torch.Generator().manual_seed(1))
     assert (draws[:, 0] > 0).float().mean().item() == pytest.approx(0.6, abs=0.02)
     assert draws[draws[:, 0] < 0].std(0).mean().item() == pytest.approx(0.5, abs=0.05)
+
+
+def test_the_childs_config_records_the_parents_codes_and_checkpoint_and_rebuilds_it_alone(parent_run, tmp_path):
+    run_dir = vaekit.train(_gmm_config(tmp_path, parent_run), quiet=True)
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["model"]["codes"] == {"shape": [4], "dtype": "float32", "num_symbols": None}  # the VAE's latent_dim
+    parent_state = vaekit.find_checkpoint(parent_run) / "state.json"
+    assert saved["parent_sha256"] == hashlib.sha256(parent_state.read_bytes()).hexdigest()
+    child = vaekit.build_model(load_config(str(run_dir / "config.yaml")).model)  # no parent needed
+    weights = load_file(run_dir / "checkpoints/step-1/model.safetensors")
+    child.load_state_dict(weights)
+    assert torch.equal(child.mixture.means, weights["mixture.means"])
+
+
+def test_a_child_refuses_a_parent_that_changed_since_it_was_trained(tmp_path):
+    parent = vaekit.train(tiny_config(tmp_path, "train.steps=10", name="parent"), quiet=True)
+    child = vaekit.train(_gmm_config(tmp_path, parent, "name=child"), quiet=True)
+    vaekit.load(child)  # the parent as trained on: fine
+    vaekit.train(tiny_config(tmp_path, "train.steps=20", name="parent"), resume=True, quiet=True)  # parent moves on
+    with pytest.raises(CheckpointError, match="the parent run changed"):
+        vaekit.load(child)
+    with pytest.raises(CheckpointError, match="parent run changed"):
+        vaekit.train(_gmm_config(tmp_path, parent, "name=child"), resume=True, quiet=True)
+
+
+def test_a_child_refuses_a_parent_whose_codes_differ_from_its_spec(parent_run, tmp_path):
+    config = _gmm_config(tmp_path, parent_run, "model.codes={shape: [7], dtype: float32}")
+    with pytest.raises(ConfigError, match="the parent's codes are"):
+        vaekit.train(config, quiet=True)

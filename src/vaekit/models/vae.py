@@ -24,7 +24,7 @@ from vaekit.nn.image_nets import (
     build_image_decoder,
     build_image_encoder,
 )
-from vaekit.objectives import free_bits_kl, iwae_bound, kl_weight
+from vaekit.objectives import elbo, free_bits_kl, iwae_bound, kl_weight
 
 
 class VAEConfig(ModelConfig):
@@ -100,17 +100,16 @@ class VAE(GenerativeModel):
         log_px_z, log_prior_ratio = self._log_weight_parts(x, posterior, noise)  # (K, B) each
         kl_per_dim = kl_divergence(posterior, self.prior(posterior.mean))  # (B, D)
         kl = kl_per_dim.sum(-1)  # (B,)
-        reconstruction = -log_px_z.mean(0)  # (B,)
         bound = iwae_bound(log_px_z + log_prior_ratio)  # (B,)
         if self.config.iwae_samples > 1:
             total = -bound.mean()
         else:
             weight = kl_weight(step, beta=self.config.beta, warmup_steps=self.config.kl_warmup_steps)
             batch_mean_kl = batch.global_mean(kl_per_dim.detach()) if self.config.free_bits > 0 else None  # (D,)
-            total = (reconstruction + weight * free_bits_kl(kl_per_dim, self.config.free_bits,
-                                                            batch_mean_kl=batch_mean_kl)).mean()
-        return Losses(total=total, terms={"reconstruction": reconstruction, "kl": kl,
-                                          "elbo": -reconstruction - kl, "iwae_bound": bound})
+            penalty = free_bits_kl(kl_per_dim, self.config.free_bits, batch_mean_kl=batch_mean_kl)  # (B,)
+            total = -elbo(log_px_z, penalty, beta=weight).mean()
+        return Losses(total=total, terms={"reconstruction": -log_px_z.mean(0), "kl": kl,
+                                          "elbo": elbo(log_px_z, kl), "iwae_bound": bound})
 
     def log_weights(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
         """log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x): x (B, ...) -> (K, B)."""
