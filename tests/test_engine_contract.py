@@ -8,8 +8,8 @@ import json
 import torch
 from conftest import tiny_config
 from safetensors.torch import load_file
-from toy_models import ToyCodebook
 from torch import nn
+from toy_models import ToyCodebook
 
 import vaekit
 from vaekit.engine.train import WeightEMA
