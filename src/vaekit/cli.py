@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vaekit.errors import VaekitError
+from vaekit.errors import CapabilityError, VaekitError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]  # key=value pairs given after an option
     try:
         return args.handler(args) or 0
-    except VaekitError as error:
+    except (VaekitError, OSError) as error:  # every expected failure: one message, exit 2
         print(f"vaekit: error: {error}", file=sys.stderr)
         return 2
 
@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(handler=_eval)
 
-    sample = commands.add_parser("sample", help="draw samples from a trained model into a PNG grid")
+    sample = commands.add_parser("sample", help="draw samples from a trained model: a PNG grid of images, or a render "
+                                                "of point clouds with the clouds as .npy and .ply")
     sample.add_argument("run_dir")
     sample.add_argument("--num", type=int, default=64)
     sample.add_argument("--out", default="samples.png")
@@ -58,9 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     sample.set_defaults(handler=_sample)
 
     for name, help_text in [
-        ("reconstruct", "test images (top) and their reconstructions (bottom) as a PNG grid"),
-        ("traverse", "decode one latent dimension at a time swept over [-3, 3] (rows = dimensions)"),
-        ("interpolate", "slerp between the latents of pairs of test images (rows = pairs)"),
+        ("reconstruct", "test inputs (top) and their reconstructions (bottom): a PNG grid, or point-cloud renders + .npy/.ply"),
+        ("traverse", "decode one latent dimension at a time swept over [-3, 3] (rows = dimensions; image models)"),
+        ("interpolate", "between the codes of test inputs: slerp for images (rows = pairs), a line for point clouds"),
     ]:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("run_dir")
@@ -115,11 +116,11 @@ def _sample(args: argparse.Namespace) -> int:
     import torch
 
     from vaekit.api import load
-    from vaekit.viz import save_image_grid
 
     model = load(args.run_dir)
-    images = model.sample(args.num, generator=torch.Generator().manual_seed(args.seed))
-    print(save_image_grid(images, args.out, nrow=math.ceil(math.sqrt(args.num))))
+    with torch.inference_mode():
+        drawn = model.sample(args.num, generator=torch.Generator().manual_seed(args.seed))
+    _write_outputs(model, drawn, Path(args.out), nrow=math.ceil(math.sqrt(args.num)))
     return 0
 
 
@@ -130,42 +131,49 @@ def _pictures(args: argparse.Namespace) -> int:
     from vaekit.data import PointCloudData, load_data
     from vaekit.evaluation import (
         interpolation_images,
+        linear_interpolation,
         originals_over_reconstructions,
         traversal_images,
     )
-    from vaekit.viz import save_image_grid
 
     model = load(args.run_dir)
     data = load_data(model.run_config.data)
-    x = data.test[: args.num]
-    if isinstance(data, PointCloudData):
-        return _point_cloud_pictures(model, x, args)
+    x = data.test[: args.num].to(model.device)
+    point_clouds = isinstance(data, PointCloudData)
     with torch.inference_mode():
         if args.picture == "reconstruct":
-            print(save_image_grid(originals_over_reconstructions(model, x), args.out))
-        elif args.picture == "traverse":
-            print(save_image_grid(traversal_images(model, x[:1]), args.out, nrow=11))
-        else:
-            print(save_image_grid(interpolation_images(model, x, pairs=max(1, args.num // 2)), args.out, nrow=10))
-    return 0
-
-
-def _point_cloud_pictures(model: Any, clouds: Any, args: argparse.Namespace) -> int:
-    import torch
-
-    from vaekit.errors import ConfigError
-    from vaekit.evaluation import linear_interpolation
-    from vaekit.viz import save_point_cloud_grid
-
-    with torch.inference_mode():
-        if args.picture == "reconstruct":
-            picks = clouds[:5]
-            print(save_point_cloud_grid(torch.cat([picks, model.reconstruct(picks)]), args.out, ncols=len(picks)))
+            picks = x[:5] if point_clouds else x
+            out = torch.cat([picks, model.reconstruct(picks)]) if point_clouds else originals_over_reconstructions(model, x)
+            _write_outputs(model, out, Path(args.out), nrow=len(picks) if point_clouds else 8)
         elif args.picture == "interpolate":
-            print(save_point_cloud_grid(linear_interpolation(model, clouds[0], clouds[-1]), args.out))
+            if point_clouds:
+                _write_outputs(model, linear_interpolation(model, x[0], x[-1]), Path(args.out), nrow=5)
+            else:
+                _write_outputs(model, interpolation_images(model, x, pairs=max(1, args.num // 2)), Path(args.out), nrow=10)
+        elif point_clouds:
+            raise CapabilityError("traverse sweeps the latent dimensions of image models; for point clouds use "
+                                  "interpolate")
         else:
-            raise ConfigError("traverse draws image models' latent dimensions; for point clouds use interpolate")
+            _write_outputs(model, traversal_images(model, x[:1]), Path(args.out), nrow=11)
     return 0
+
+
+def _write_outputs(model: Any, made: Any, out: Path, *, nrow: int) -> None:
+    """What the model made, as it is: image grids for images; for point clouds a render, the raw clouds
+    as OUT.npy (N, P, 3) and one OUT-i.ply per cloud. Prints each file written."""
+    from vaekit.config import PointCloudDataConfig
+
+    if isinstance(model.run_config.data, PointCloudDataConfig):
+        from vaekit.data.pointclouds import write_clouds
+        from vaekit.viz import save_point_cloud_grid
+
+        print(save_point_cloud_grid(made, out, ncols=nrow))
+        for path in write_clouds(made, out.with_suffix("")):
+            print(path)
+    else:
+        from vaekit.viz import save_image_grid
+
+        print(save_image_grid(made, out, nrow=nrow))
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -130,6 +130,7 @@ def write_point_cloud_renders(model: GenerativeModel, data: PointCloudData, run_
 
 def linear_interpolation(model: GenerativeModel, start: torch.Tensor, end: torch.Tensor, steps: int = 5) -> torch.Tensor:
     """Decode codes on the segment between two inputs' codes (Achlioptas et al. 2018, fig. 3): (steps, ...)."""
+    model.require(Capability.FLAT_CODES, "interpolate between continuous codes")
     codes = model.latent_codes(torch.stack([start, end]))
     t = torch.linspace(0, 1, steps, device=codes.device).unsqueeze(1)
     return model.decode_mean(codes[:1] + t * (codes[1:] - codes[:1]))
@@ -165,6 +166,7 @@ def originals_over_reconstructions(model: GenerativeModel, x: torch.Tensor, per_
 
 def traversal_images(model: GenerativeModel, x: torch.Tensor, max_dims: int = 16, span: float = 3.0) -> torch.Tensor:
     """Decode z with one dimension at a time swept over [-span, span] around x's code."""
+    model.require(Capability.FLAT_CODES, "traverse continuous code dimensions")
     center = model.latent_codes(x)[0]
     dims = list(range(min(max_dims, center.numel())))
     z = traversal(center, dims, torch.linspace(-span, span, 11, device=center.device))  # (dims, 11, D)
@@ -173,6 +175,7 @@ def traversal_images(model: GenerativeModel, x: torch.Tensor, max_dims: int = 16
 
 def interpolation_images(model: GenerativeModel, x: torch.Tensor, pairs: int = 8, steps: int = 10) -> torch.Tensor:
     """Slerp between the codes of consecutive test images, decoded: (pairs*steps, C, H, W)."""
+    model.require(Capability.FLAT_CODES, "interpolate between continuous codes")
     pairs = max(1, min(pairs, len(x) // 2))
     means = model.latent_codes(x[: 2 * pairs])
     path = slerp(means[0::2], means[1::2], torch.linspace(0, 1, steps, device=means.device))  # (P, T, D)

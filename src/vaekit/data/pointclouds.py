@@ -10,6 +10,7 @@ JSD grid expects), or "none".
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 import zipfile
@@ -25,7 +26,7 @@ import trimesh
 from torch import Tensor
 
 from vaekit.errors import DataError
-from vaekit.io import atomic_write_npz
+from vaekit.io import atomic_write_bytes, atomic_write_npz
 
 Normalization = Literal["unit_sphere", "unit_box", "none"]
 POINT_SUFFIXES = (".npy", ".npz", ".xyz")
@@ -246,3 +247,15 @@ def _check_cloud(points: np.ndarray, file: Path) -> np.ndarray:
         raise DataError(f"{file}: only {len(points)} points; at least {MIN_POINTS} are needed")
     return points
 
+
+def write_clouds(clouds: Tensor, stem: Path) -> list[Path]:
+    """Write clouds (N, P, 3) as STEM.npy (float32) and STEM-i.ply, one per cloud, atomically."""
+    array = clouds.detach().float().cpu().numpy()
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    paths = [stem.with_name(stem.name + ".npy")]
+    atomic_write_bytes(paths[0], buffer.getvalue())
+    for index, cloud in enumerate(array):
+        paths.append(stem.with_name(f"{stem.name}-{index}.ply"))
+        atomic_write_bytes(paths[-1], trimesh.PointCloud(cloud).export(file_type="ply"))
+    return paths

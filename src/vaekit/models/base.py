@@ -75,6 +75,11 @@ class GenerativeModel(nn.Module):
     def can(cls, capability: Capability) -> bool:
         return capability in cls.capabilities
 
+    def require(self, capability: Capability, verb: str) -> None:
+        """Raise CapabilityError ("model 'x' cannot <verb> ...") unless the model declares `capability`."""
+        if not self.can(capability):
+            raise self._cannot(capability, verb)
+
     def _cannot(self, capability: Capability, verb: str) -> CapabilityError:
         can = ", ".join(sorted(c.value for c in self.capabilities)) or "none of the optional capabilities"
         return CapabilityError(f"model {self.config.name!r} cannot {verb} (it does not declare "
