@@ -255,11 +255,17 @@ def auction_error(x: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
 
 
 def train_once(overrides: list[str], run_dir: Path, quiet: bool) -> Path:
-    """Train a run unless a finished one is there (its last checkpoint at the final step)."""
+    """Train a run unless a finished one is there (its last checkpoint at the final step) that this vaekit
+    still loads: a run of an older model layout, or a child run whose parent was retrained since, is
+    trained again."""
     config = load_config(overrides[0], overrides[1:])
     if (run_dir / "metrics.jsonl").is_file() and any(
             json.loads(line).get("step") == config.train.steps for line in (run_dir / "metrics.jsonl").read_text().splitlines()):
-        return run_dir
+        try:
+            vaekit.load(run_dir)
+            return run_dir
+        except Exception as error:  # CheckpointError (parent changed, weights of another layout), ConfigError
+            print(f"{run_dir}: not reused ({type(error).__name__}: {error}); training it again", flush=True)
     shutil.rmtree(run_dir, ignore_errors=True)
     return vaekit.train(config, quiet=quiet)
 
@@ -268,10 +274,16 @@ def run_per_category(args: argparse.Namespace, section: dict[str, Any], save_par
     runs = args.work_dir / "per_category"
     ae_dir = runs / "ae"
     start = time.perf_counter()
+    section.setdefault("settings", {"ae_steps": args.ae_steps, "generators": args.generators,
+                                    "per_category_emd": args.per_category_emd, "threads": torch.get_num_threads(),
+                                    "emd_workers": args.emd_workers, "vaekit": vaekit.__version__})
+    calls = section.setdefault("calls", [])  # wall time and load average of every call (a resumed run has several)
+    calls.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_start": os.getloadavg()})
     train_once(["pointcloud-ae", f"out_dir={runs}", "name=ae", "data.shapes_per_category=200", "train.seed=0",
                 f"train.steps={args.ae_steps}", f"train.eval_every={args.ae_steps}", f"train.checkpoint_every={args.ae_steps}"],
                ae_dir, args.quiet)
-    section.setdefault("ae_train_wall_s", time.perf_counter() - start)
+    section.setdefault("ae_train_wall_s", time.perf_counter() - start)  # includes its final evaluation
+    section.setdefault("ae_train_seconds", json.loads((ae_dir / "metrics.jsonl").read_text().splitlines()[-1]).get("train_seconds"))
     if "ae_all_categories" not in section:
         ae = vaekit.load(ae_dir)
         section["ae_all_categories"] = evaluate(ae, load_procedural(shapes_per_category=200), ae.run_config.eval)
@@ -279,6 +291,7 @@ def run_per_category(args: argparse.Namespace, section: dict[str, Any], save_par
     for category in CATEGORIES:  # what a category already has (AE scores, a generator's) is kept
         scores = section.setdefault("categories", {}).setdefault(category, {})
         category_scores(args, runs, ae_dir, category, scores, lambda: save_partial(section))
+    calls[-1] |= {"wall_s": time.perf_counter() - start, "loadavg_end": os.getloadavg()}
     return section
 
 
@@ -361,8 +374,10 @@ def main(argv: list[str] | None = None) -> None:
             section = run_emd_loss(args)
         elif name == "emd_suite":
             section = run_emd_suite(args, {} if args.rerun else results.get(name, {}), save_partial(name))
-        else:
-            section = run_per_category(args, results.get(name, {}), save_partial(name))
+        else:  # --rerun: a fresh table from a fresh AE (an interrupted rerun continues without --rerun)
+            if args.rerun:
+                shutil.rmtree(args.work_dir / "per_category", ignore_errors=True)
+            section = run_per_category(args, {} if args.rerun else results.get(name, {}), save_partial(name))
         results[name] = section | {"finished": True}
         atomic_write_json(args.out, results)
         print(name, json.dumps(results[name], indent=1)[:2000], flush=True)

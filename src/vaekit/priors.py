@@ -1,44 +1,63 @@
 """Learned priors for sampling from a trained auto-encoder's latent space.
 
-`GaussianMixture`: a full-covariance Gaussian mixture over latent codes (the l-GMM of Achlioptas
-et al. 2018, sec. 4; the ex-post density estimation of Ghosh et al. 2020), fitted by
-scikit-learn's EM and stored as plain tensors (weights, means, Cholesky factors), never pickled.
+`GaussianMixture`: a Gaussian mixture over latent codes (the l-GMM of Achlioptas et al. 2018,
+sec. 4; the ex-post density estimation of Ghosh et al. 2020), fitted by scikit-learn's EM and
+stored as plain tensors (weights, means, Cholesky factors), never pickled. `select_mixture`
+chooses its number of components and covariance type by held-out log-likelihood.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 from torch import Tensor, nn
 
+CovarianceType = Literal["full", "diag"]
+
 
 class GaussianMixture(nn.Module):
-    """p(z) = sum_k pi_k N(z; mu_k, Sigma_k) with Sigma_k = L_k L_k^T; buffers only (fitted, not trained)."""
+    """p(z) = sum_k pi_k N(z; mu_k, Sigma_k) with Sigma_k = L_k L_k^T; buffers only (fitted, not trained).
 
-    def __init__(self, num_components: int, dim: int) -> None:
+    The buffers hold `max_components` slots, fixed at construction, so the state dict's shapes never
+    depend on the data: a fit with fewer components leaves the other slots at log-weight -inf (mean
+    0, L = I), and a diagonal fit stores each L_k as a diagonal lower-triangular matrix.
+    """
+
+    def __init__(self, max_components: int, dim: int) -> None:
         super().__init__()
-        self.register_buffer("log_weights", torch.full((num_components,), -math.log(num_components)))  # (K,)
-        self.register_buffer("means", torch.zeros(num_components, dim))  # (K, D)
-        self.register_buffer("scale_tril", torch.eye(dim).repeat(num_components, 1, 1))  # (K, D, D)
+        self.register_buffer("log_weights", torch.full((max_components,), -math.log(max_components)))  # (K,)
+        self.register_buffer("means", torch.zeros(max_components, dim))  # (K, D)
+        self.register_buffer("scale_tril", torch.eye(dim).repeat(max_components, 1, 1))  # (K, D, D)
 
-    def fit(self, codes: Tensor, *, max_iter: int, seed: int, reg_covar: float) -> dict[str, float]:
-        """EM fit (scikit-learn, full covariances) of codes (N, D); returns the mean train log-likelihood."""
-        num_components = self.means.shape[0]
-        if codes.shape[0] < num_components:
-            raise ValueError(f"{codes.shape[0]} codes cannot fit {num_components} mixture components")
-        mixture = SklearnGaussianMixture(
-            n_components=num_components, covariance_type="full", max_iter=max_iter,
-            random_state=seed, reg_covar=reg_covar,
-        ).fit(codes.detach().double().cpu().numpy())
-        device = self.means.device
-        self.log_weights.copy_(torch.from_numpy(np.log(mixture.weights_)).to(device))
-        self.means.copy_(torch.from_numpy(mixture.means_).to(device))
-        self.scale_tril.copy_(torch.linalg.cholesky(torch.from_numpy(mixture.covariances_)).to(device))
+    @property
+    def num_components(self) -> int:
+        """Components in use: the slots with a positive weight."""
+        return int(torch.isfinite(self.log_weights).sum())
+
+    def fit(self, codes: Tensor, *, max_iter: int, seed: int, reg_covar: float, num_components: int | None = None,
+            covariance_type: CovarianceType = "full") -> dict[str, float]:
+        """EM fit (scikit-learn) of codes (N, D) into the first `num_components` slots (all if None)."""
+        num_components = self.means.shape[0] if num_components is None else num_components
+        if num_components > self.means.shape[0]:
+            raise ValueError(f"{num_components} components do not fit in {self.means.shape[0]} mixture slots")
+        codes_np = _numpy(codes)
+        mixture = fit_sklearn_mixture(codes_np, num_components, covariance_type, max_iter=max_iter, seed=seed,
+                                      reg_covar=reg_covar)
+        covariances = torch.from_numpy(mixture.covariances_)  # full: (n, D, D); diag: (n, D)
+        scale_tril = torch.linalg.cholesky(covariances) if covariance_type == "full" else torch.diag_embed(covariances.sqrt())
+        self.log_weights.fill_(-math.inf)
+        self.log_weights[:num_components] = torch.from_numpy(np.log(mixture.weights_))
+        self.means.zero_()
+        self.means[:num_components] = torch.from_numpy(mixture.means_)
+        self.scale_tril.copy_(torch.eye(self.means.shape[1]))
+        self.scale_tril[:num_components] = scale_tril
         return {"converged": float(mixture.converged_), "iterations": float(mixture.n_iter_),
-                "train_log_likelihood": float(mixture.score(codes.detach().double().cpu().numpy()))}
+                "train_log_likelihood": float(mixture.score(codes_np))}
 
     def _distribution(self) -> torch.distributions.MixtureSameFamily:
         return torch.distributions.MixtureSameFamily(
@@ -55,3 +74,64 @@ class GaussianMixture(nn.Module):
         component = torch.multinomial(self.log_weights.exp(), num_samples, replacement=True, generator=generator)
         noise = torch.randn(num_samples, self.means.shape[1], generator=generator).to(self.means)
         return self.means[component] + (self.scale_tril[component] @ noise.unsqueeze(-1)).squeeze(-1)
+
+
+def _numpy(codes: Tensor) -> np.ndarray:
+    return codes.detach().double().cpu().numpy()
+
+
+def fit_sklearn_mixture(codes: np.ndarray, num_components: int, covariance_type: CovarianceType, *, max_iter: int,
+                        seed: int, reg_covar: float) -> SklearnGaussianMixture:
+    """Scikit-learn EM of a `num_components` mixture on codes (N, D), float64."""
+    if codes.shape[0] < num_components:
+        raise ValueError(f"{codes.shape[0]} codes cannot fit {num_components} mixture components")
+    return SklearnGaussianMixture(n_components=num_components, covariance_type=covariance_type, max_iter=max_iter,
+                                  random_state=seed, reg_covar=reg_covar).fit(codes)
+
+
+def supports(num_codes: int, dim: int, num_components: int, covariance_type: CovarianceType) -> bool:
+    """Whether num_codes codes can estimate the mixture: D+1 codes per full covariance, 2 per diagonal one."""
+    return num_codes >= num_components * (dim + 1 if covariance_type == "full" else 2)
+
+
+def num_parameters(dim: int, num_components: int, covariance_type: CovarianceType) -> int:
+    """Free parameters: K-1 weights, K D means, K D(D+1)/2 (full) or K D (diag) covariance entries."""
+    covariance = dim * (dim + 1) // 2 if covariance_type == "full" else dim
+    return num_components - 1 + num_components * (dim + covariance)
+
+
+@dataclass(frozen=True)
+class MixtureChoice:
+    """The selected grid point and its mean held-out log-likelihood (nats per code)."""
+
+    num_components: int
+    covariance_type: CovarianceType
+    held_out_log_likelihood: float
+
+
+def held_out_split(num_codes: int, held_out_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Seeded random (fit, held-out) row indices; at least one row in each part."""
+    if num_codes < 2:
+        raise ValueError(f"{num_codes} code(s) cannot be split into fit and held-out parts; need at least 2")
+    num_held_out = min(max(1, round(held_out_fraction * num_codes)), num_codes - 1)
+    order = torch.randperm(num_codes, generator=torch.Generator().manual_seed(seed))
+    return order[num_held_out:], order[:num_held_out]
+
+
+def select_mixture(codes: Tensor, candidates: list[tuple[int, CovarianceType]], *, held_out_fraction: float,
+                   max_iter: int, seed: int, reg_covar: float) -> MixtureChoice:
+    """Held-out model selection: fit each candidate on a seeded split's fit part, keep the best mean log-likelihood.
+
+    Candidates the fit part cannot support (see `supports`) are skipped; if none is supported,
+    the one with the fewest parameters is scored alone.
+    """
+    fit_rows, held_out_rows = held_out_split(codes.shape[0], held_out_fraction, seed)
+    fit_codes, held_out_codes = _numpy(codes[fit_rows]), _numpy(codes[held_out_rows])
+    dim = codes.shape[1]
+    supported = [c for c in candidates if supports(len(fit_codes), dim, *c)]
+    if not supported:
+        supported = [min(candidates, key=lambda c: num_parameters(dim, *c))]
+    scores = {c: float(fit_sklearn_mixture(fit_codes, *c, max_iter=max_iter, seed=seed, reg_covar=reg_covar)
+                       .score(held_out_codes)) for c in supported}
+    best = max(scores, key=scores.__getitem__)
+    return MixtureChoice(*best, held_out_log_likelihood=scores[best])
