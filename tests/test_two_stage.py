@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import pytest
 import torch
@@ -97,3 +98,20 @@ def test_a_child_refuses_a_parent_whose_codes_differ_from_its_spec(parent_run, t
     config = _gmm_config(tmp_path, parent_run, "model.codes={shape: [7], dtype: float32}")
     with pytest.raises(ConfigError, match="the parent's codes are"):
         vaekit.train(config, quiet=True)
+
+
+def test_a_selected_latent_gmm_logs_its_choice_and_loads_from_its_config_alone(parent_run, tmp_path):
+    config = load_config("digits-latent-gmm", [f"out_dir={tmp_path}", f"parent={parent_run}", "eval.num_images=40",
+                                               "eval.num_grid_images=16"])
+    run_dir = vaekit.train(config, quiet=True)
+    train = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+             if '"train"' in line][-1]
+    assert train["num_components"] in {1, 2, 4, 8, 16, 32} and train["diagonal_covariance"] in {0.0, 1.0}
+    assert train["held_out_log_likelihood"] < train["train_log_likelihood"]
+    assert train["overfit_warning"] == float(train["overfit_gap_per_dim"] > 1.0)
+    weights = load_file(run_dir / "checkpoints/step-1/model.safetensors")
+    assert weights["mixture.means"].shape == (32, 4)  # the grid's largest size, whatever was chosen
+    assert torch.isfinite(weights["mixture.log_weights"]).sum().item() == train["num_components"]
+    model = vaekit.load(run_dir)
+    codes = torch.randn(10, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(model.mixture.log_prob(codes)).all()
