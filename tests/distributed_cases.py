@@ -29,6 +29,9 @@ CASES: dict[str, tuple[str, list[str], str | None]] = {
                                              "generator_hidden_dims: [8], discriminator_hidden_dims: [8]}")],
                    "pointcloud-ae"),
     "latent-gmm": ("digits-latent-gmm", ["model={name: latent-gmm, num_components: 2}"], "vae"),
+    "hierarchical-vae": ("digits-vae", [*DIGITS, ("model={name: hierarchical-vae, channels: 8, latent_channels: 2, "
+                                              "groups_per_scale: [1, 2], kl_warmup_steps: 10, spectral_regularisation: 0.1}")],
+                         None),
     "toy-codebook": ("digits-vae", [*DIGITS, "data.binarize=none", "model={name: toy-codebook}"], None),
 }
 

@@ -34,6 +34,10 @@ TINY = {
     "wae-mmd": [{"image_shape": (1, 8, 8), "latent_dim": 3, "architecture": "mlp", "hidden_dims": (16,)},
                 {"image_shape": (1, 8, 8), "latent_dim": 3, "conv_channels": (4, 8), "hidden_dims": (16,),
                  "encoder": "gaussian", "kernel": "rbf"}],
+    "hierarchical-vae": [{"image_shape": (1, 8, 8), "channels": 8, "latent_channels": 2, "groups_per_scale": (1, 2)},
+                         {"image_shape": (3, 8, 8), "channels": 8, "latent_channels": 1, "groups_per_scale": (2,),
+                          "downsamples": 2, "likelihood": "logistic_mixture", "num_bins": 17, "num_mixtures": 2,
+                          "spectral_regularisation": 0.1, "kl_warmup_steps": 10, "squeeze_excitation": False}],
     "toy-codebook": [{"image_shape": (1, 8, 8)}],  # tests/toy_models.py: EMA codebook buffer, discrete codes
     "wae-gan": [{"image_shape": (1, 8, 8), "latent_dim": 3, "architecture": "mlp", "hidden_dims": (16,),
                  "discriminator_hidden_dims": (8, 8)}],

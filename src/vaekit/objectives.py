@@ -51,6 +51,24 @@ def kl_weight(step: int, *, beta: float, warmup_steps: int) -> float:
     return beta * min(1.0, step / warmup_steps)
 
 
+def kl_balance_alphas(groups_per_scale: tuple[int, ...]) -> Tensor:
+    """NVAE's 'square' balancing weights: alpha_s = 4^s / (groups at scale s), s = 0 the coarsest
+    scale, normalised to a minimum of 1; one per group, coarsest first: (L,)."""
+    alphas = torch.cat([torch.full((groups,), 4.0**scale / groups) for scale, groups in enumerate(groups_per_scale)])
+    return alphas / alphas.min()
+
+
+def kl_balance_coefficients(batch_mean_abs_kl: Tensor, alphas: Tensor) -> Tensor:
+    """KL balancing coefficients (Vahdat & Kautz 2020, sec. 3.2; NVAE's utils.kl_balancer): (L,) -> (L,).
+
+    gamma_l = (E_batch |KL_l| + 0.01) / alpha_l * sum_l (E_batch |KL_l| + 0.01), normalised to mean 1
+    over groups and detached. `batch_mean_abs_kl` is a global-batch term (`Batch.global_mean`).
+    """
+    per_group = batch_mean_abs_kl.detach() + 0.01  # (L,)
+    coefficients = per_group / alphas.to(per_group) * per_group.sum()
+    return coefficients / coefficients.mean()
+
+
 def free_bits_kl(kl_per_dim: Tensor, free_bits: float, *, batch_mean_kl: Tensor | None = None) -> Tensor:
     """Free-bits KL, Kingma et al. 2016 eq. (15): sum_j max(lambda, E_batch KL_j), as per-sample (B,).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -126,7 +126,7 @@ class GenerativeModel(nn.Module):
         """State-dict names of buffers the weight EMA averages besides the parameters; none by default."""
         return []
 
-    def extra_scores(self, x: Tensor) -> dict[str, float]:
+    def extra_scores(self, x: Tensor) -> dict[str, Any]:
         """Family-specific test scores of test inputs x (e.g. a latent MMD); none by default."""
         return {}
 

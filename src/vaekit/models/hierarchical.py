@@ -1,0 +1,270 @@
+"""Hierarchical VAE in the NVAE style (Vahdat & Kautz, NeurIPS 2020, arXiv 2007.03898).
+
+Latent groups z_1..z_L (coarsest first), each a (latent_channels, r, r) map at its scale:
+- prior p(z) = prod_l p(z_l | z_<l): a top-down network whose state h_l depends on z_<l only;
+  p(z_1) = N(0, I), p(z_l | z_<l) = N(mu_p(h_l), sigma_p(h_l)^2) for l > 1;
+- posterior q(z | x) = prod_l q(z_l | z_<l, x), sharing the top-down path (bidirectional
+  inference) and fed by a bottom-up encoder tower: residual normal (eq. 2) for l > 1,
+  q(z_l) = N(mu_p + dmu, (sigma_p * dsigma)^2), and q(z_1) = N(dmu, dsigma^2);
+- p(x | z) one of vaekit.likelihoods, factorised over pixels given z.
+
+Objective: -ELBO = -log p(x|z) + beta * sum_l KL(q(z_l|.) || p(z_l|z_<l)), the KL per group in
+closed form (the KL of two diagonal Gaussians equals eq. 2 of the paper for the residual normal),
+with KL warm-up, NVAE's KL balancing during warm-up (a global-batch term) and spectral
+regularisation. Deviations from the paper, by design for a laptop CPU and any process count: no
+batch normalisation in the cells (as VDVAE); means and log-scales are soft-clamped,
+c * tanh(x / c) with c = `soft_clamp` (NVAE uses 5); no normalising flows; one latent group
+resolution per scale with the image-to-latent `downsamples` done by strided convolutions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from vaekit.batch import Batch
+from vaekit.config import ModelConfig
+from vaekit.distributions import DiagonalGaussian, at_least_fp32, kl_divergence, sum_except_batch
+from vaekit.errors import ConfigError
+from vaekit.likelihoods import ImageDistribution, ImageLikelihood, LikelihoodName
+from vaekit.models.base import Capability, GenerativeModel, Losses
+from vaekit.models.registry import register_model
+from vaekit.nn.residual import residual_stack
+from vaekit.nn.spectral import SpectralPenalty
+from vaekit.objectives import elbo, kl_balance_alphas, kl_balance_coefficients, kl_weight
+
+
+class HierarchicalVAEConfig(ModelConfig):
+    """A hierarchical VAE: latent groups over spatial scales, top-down inference."""
+
+    name: Literal["hierarchical-vae"] = "hierarchical-vae"
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W); None = taken from the data
+    channels: int = Field(32, ge=1)  # width of the bottom-up and top-down towers
+    downsamples: int = Field(1, ge=0)  # stride-2 steps from the image to the finest latent scale
+    groups_per_scale: tuple[int, ...] = Field((2, 2), min_length=1)  # groups per scale, coarsest first; x2 finer each
+    latent_channels: int = Field(4, ge=1)  # channels of each group's z_l map
+    cells_per_group: int = Field(1, ge=0)  # residual cells per group in each tower
+    squeeze_excitation: bool = True  # SE gates in the residual cells
+    likelihood: LikelihoodName = "bernoulli"  # p(x|z), factorised over pixels
+    num_bins: int = Field(256, ge=2)  # logistic likelihoods: intensity levels of the data
+    num_mixtures: int = Field(5, ge=1)  # logistic_mixture: components per pixel
+    gaussian_std: float | None = 0.1  # gaussian: fixed std; null = learned (bounded below)
+    beta: float = Field(1.0, ge=0)  # weight of the KL after warm-up
+    kl_warmup_steps: int = Field(0, ge=0)  # KL weight ramps 0 -> beta (NVAE: 30% of training)
+    kl_balancing: bool = True  # NVAE's KL balancing ('square' alphas), applied during warm-up only
+    spectral_regularisation: float = Field(0.0, ge=0)  # lambda of sum sigma_max(W) (NVAE: 0.1 / batch-size terms)
+    soft_clamp: float = Field(5.0, gt=0)  # c of c * tanh(x / c) on means and log-scales (NVAE: 5)
+
+    def likelihood_spec(self) -> ImageLikelihood:
+        return ImageLikelihood(name=self.likelihood, num_bins=self.num_bins, num_mixtures=self.num_mixtures,
+                               gaussian_std=self.gaussian_std)
+
+
+@dataclass(frozen=True)
+class GroupOutput:
+    """One latent group of a top-down pass: its draw, prior and (in inference) posterior."""
+
+    z: Tensor  # (B, latent_channels, r, r)
+    prior: DiagonalGaussian  # p(z_l | z_<l)
+    posterior: DiagonalGaussian | None  # q(z_l | z_<l, x); None when generating
+
+
+def soft_clamp(x: Tensor, limit: float) -> Tensor:
+    """limit * tanh(x / limit): the identity near 0, bounded by +-limit (NVAE's soft clamp)."""
+    return limit * torch.tanh(x / limit)
+
+
+# chooses z_l: (group index, prior, posterior or None) -> z_l
+DrawFn = Callable[[int, DiagonalGaussian, DiagonalGaussian | None], Tensor]
+
+
+@register_model("hierarchical-vae", HierarchicalVAEConfig)
+class HierarchicalVAE(GenerativeModel):
+    """x (B, C, H, W) -> bottom-up features -> top-down groups z_1..z_L -> p(x | z)."""
+
+    config: HierarchicalVAEConfig
+    capabilities = frozenset({Capability.SAMPLE, Capability.LIKELIHOOD})
+
+    def __init__(self, config: HierarchicalVAEConfig) -> None:
+        super().__init__(config)
+        if config.image_shape is None:
+            raise ConfigError("model.image_shape is not set (vaekit.train fills it from the data)")
+        in_channels, height, width = config.image_shape
+        scales = len(config.groups_per_scale)
+        factor = 2 ** (config.downsamples + scales - 1)
+        if height % factor or width % factor:
+            raise ConfigError(f"hierarchical-vae with downsamples={config.downsamples} and {scales} scales needs "
+                              f"image height and width divisible by {factor}, got {height}x{width}")
+        self.likelihood = config.likelihood_spec()
+        ch, cz, cells, se = config.channels, config.latent_channels, config.cells_per_group, config.squeeze_excitation
+        self.group_scales = [s for s, groups in enumerate(config.groups_per_scale) for _ in range(groups)]  # (L,)
+        self.register_buffer("kl_alphas", kl_balance_alphas(config.groups_per_scale), persistent=False)
+        self.top_shape = (ch, height // factor, width // factor)
+
+        # bottom-up: stem, downsampling to the finest latent scale, then one tower stage per group (fine -> coarse)
+        self.stem = nn.Conv2d(in_channels, ch, 3, padding=1)
+        self.encoder_down = nn.ModuleList(
+            nn.Sequential(residual_stack(ch, 1, squeeze_excitation=se), nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+            for _ in range(config.downsamples))
+        self.encoder_groups = nn.ModuleList(residual_stack(ch, cells, squeeze_excitation=se) for _ in self.group_scales)
+        self.encoder_scale_down = nn.ModuleList(nn.Conv2d(ch, ch, 3, stride=2, padding=1) for _ in range(scales - 1))
+
+        # top-down: a learned start, per group prior / posterior heads, z -> state, cells, upsampling between scales
+        self.top = nn.Parameter(torch.zeros(1, *self.top_shape))
+        self.decoder_groups = nn.ModuleList(residual_stack(ch, cells, squeeze_excitation=se) for _ in self.group_scales)
+        self.prior_heads = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Conv2d(ch, 2 * cz, 3, padding=1))
+                                         for _ in self.group_scales[1:])  # groups 2..L; p(z_1) = N(0, I)
+        self.posterior_heads = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Conv2d(2 * ch, 2 * cz, 3, padding=1))
+                                             for _ in self.group_scales)
+        self.latent_in = nn.ModuleList(nn.Conv2d(cz, ch, 1) for _ in self.group_scales)
+        self.decoder_scale_up = nn.ModuleList(nn.Conv2d(ch, ch, 3, padding=1) for _ in range(scales - 1))
+        self.decoder_up = nn.ModuleList(
+            nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(ch, ch, 3, padding=1),
+                          residual_stack(ch, 1, squeeze_excitation=se))
+            for _ in range(config.downsamples))
+        self.output = nn.Sequential(nn.SiLU(), nn.Conv2d(ch, self.likelihood.num_params(in_channels), 3, padding=1))
+        for head in [*self.prior_heads, *self.posterior_heads]:  # start at the prior N(0, I) and q = p
+            nn.init.zeros_(head[1].weight), nn.init.zeros_(head[1].bias)
+        self.spectral = SpectralPenalty([m for m in self.modules() if isinstance(m, nn.Conv2d)]) \
+            if config.spectral_regularisation > 0 else None
+
+    # -- the two towers -------------------------------------------------------------------------
+
+    def bottom_up(self, x: Tensor) -> list[Tensor]:
+        """Encoder features for each group, top-down order (coarsest first): L tensors (B, ch, r_l, r_l)."""
+        h = self.stem(2.0 * x - 1.0)  # (B, ch, H, W), pixels centred
+        for down in self.encoder_down:
+            h = down(h)
+        features: list[Tensor] = [h] * len(self.group_scales)
+        for index in reversed(range(len(self.group_scales))):  # fine -> coarse
+            h = self.encoder_groups[index](h)
+            features[index] = h
+            if index > 0 and self.group_scales[index - 1] != self.group_scales[index]:
+                h = self.encoder_scale_down[self.group_scales[index - 1]](h)
+        return features
+
+    def top_down(self, batch_size: int, draw: DrawFn, features: list[Tensor] | None = None
+                 ) -> tuple[ImageDistribution, list[GroupOutput]]:
+        """The generator's pass: groups in order, each z_l = draw(l, prior, posterior), then p(x | z).
+
+        With `features` (inference) each group also gets its posterior; without, it is None.
+        """
+        limit = self.config.soft_clamp
+        h = self.top.expand(batch_size, *self.top_shape)  # (B, ch, r_1, r_1)
+        groups: list[GroupOutput] = []
+        for index, scale in enumerate(self.group_scales):
+            if index > 0 and scale != self.group_scales[index - 1]:
+                h = self.decoder_scale_up[scale - 1](F.interpolate(h, scale_factor=2.0))  # next scale, 2x finer
+            h = self.decoder_groups[index](h)
+            if index == 0:
+                prior = DiagonalGaussian.standard_like(h.new_zeros(batch_size, self.config.latent_channels, *h.shape[2:]))
+            else:
+                mean, log_std = at_least_fp32(self.prior_heads[index - 1](h)).chunk(2, dim=1)
+                prior = DiagonalGaussian(soft_clamp(mean, limit), 2.0 * soft_clamp(log_std, limit))
+            posterior = None
+            if features is not None:
+                delta_mean, delta_log_std = at_least_fp32(self.posterior_heads[index](torch.cat([h, features[index]], 1))).chunk(2, 1)
+                posterior = DiagonalGaussian(prior.mean + soft_clamp(delta_mean, limit),  # residual normal, eq. 2
+                                             prior.log_var + 2.0 * soft_clamp(delta_log_std, limit))
+            z = draw(index, prior, posterior)
+            groups.append(GroupOutput(z=z, prior=prior, posterior=posterior))
+            h = h + self.latent_in[index](z.to(h.dtype))
+        for up in self.decoder_up:
+            h = up(h)
+        return self.likelihood.distribution(self.output(h), channels=self.config.image_shape[0]), groups
+
+    def latent_shapes(self) -> list[tuple[int, int, int]]:
+        """(latent_channels, r_l, r_l) of each group, coarsest first."""
+        _, top_h, top_w = self.top_shape
+        return [(self.config.latent_channels, top_h * 2**s, top_w * 2**s) for s in self.group_scales]
+
+    # -- training --------------------------------------------------------------------------------
+
+    def loss(self, batch: Batch, *, group: str = "model", step: int = 0) -> Losses:
+        """-ELBO with warm-up, KL balancing (during warm-up) and spectral regularisation, batch mean.
+
+        Terms (B,): reconstruction = -log p(x|z), kl (sum over groups), elbo; and kl_group_l per group.
+        """
+        x = batch.x
+        noise = [batch.randn(x.shape[0], *shape) for shape in self.latent_shapes()]  # one draw per group
+
+        def from_posterior(index: int, prior: DiagonalGaussian, posterior: DiagonalGaussian | None) -> Tensor:
+            return posterior.rsample(noise[index])
+
+        likelihood, groups = self.top_down(x.shape[0], from_posterior, self.bottom_up(x))
+        log_px_z = self.likelihood.log_likelihood(likelihood, x)  # (B,)
+        kl_per_group = torch.stack([sum_except_batch(kl_divergence(g.posterior, g.prior)) for g in groups], 1)  # (B, L)
+        weight = kl_weight(step, beta=self.config.beta, warmup_steps=self.config.kl_warmup_steps)
+        penalty = kl_per_group
+        if self.config.kl_balancing and weight < self.config.beta:  # NVAE balances during warm-up only
+            batch_mean_abs_kl = batch.global_mean(kl_per_group.detach().abs())  # (L,) a global-batch term
+            penalty = kl_per_group * kl_balance_coefficients(batch_mean_abs_kl, self.kl_alphas)
+        total = -elbo(log_px_z.unsqueeze(0), penalty.sum(1), beta=weight).mean()
+        if self.spectral is not None:
+            total = total + self.config.spectral_regularisation * self.spectral()
+        kl = kl_per_group.sum(1)
+        terms = {"reconstruction": -log_px_z, "kl": kl, "elbo": elbo(log_px_z.unsqueeze(0), kl)}
+        terms |= {f"kl_group_{index}": kl_per_group[:, index] for index in range(kl_per_group.shape[1])}
+        return Losses(total=total, terms=terms)
+
+    def update_buffers(self, batch: Batch, step: int) -> None:
+        """One power iteration of the spectral penalty's singular vectors (after the weights moved)."""
+        if self.spectral is not None:
+            self.spectral.power_iteration()
+
+    # -- likelihood, samples, reconstructions ------------------------------------------------------
+
+    def log_weights(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+        """log p(x|z) + sum_l [log p(z_l|z_<l) - log q(z_l|z_<l, x)] for K posterior draws: (K, B)."""
+        batch = x.shape[0]
+        repeated = x.unsqueeze(0).expand(num_samples, *x.shape).reshape(num_samples * batch, *x.shape[1:])
+        device = generator.device if generator is not None else x.device
+        noise = [torch.randn(num_samples * batch, *shape, generator=generator, device=device).to(x.device)
+                 for shape in self.latent_shapes()]
+        likelihood, groups = self.top_down(num_samples * batch, lambda i, p, q: q.rsample(noise[i]),
+                                           self.bottom_up(repeated))
+        log_weight = self.likelihood.log_likelihood(likelihood, repeated)  # (K*B,)
+        for g in groups:
+            log_weight = log_weight + sum_except_batch(g.prior.log_prob(g.z) - g.posterior.log_prob(g.z))
+        return log_weight.view(num_samples, batch)
+
+    def kl_per_group(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """KL(q(z_l | z_<l, x) || p(z_l | z_<l)) per group at one posterior draw: (B, L)."""
+        device = generator.device if generator is not None else x.device
+        _, groups = self.top_down(
+            x.shape[0], lambda i, p, q: q.rsample(torch.randn(q.mean.shape, generator=generator, device=device)
+                                                  .to(x.device)), self.bottom_up(x))
+        return torch.stack([sum_except_batch(kl_divergence(g.posterior, g.prior)) for g in groups], 1)
+
+    def extra_scores(self, x: Tensor) -> dict[str, float | list[float]]:
+        """KL per group (nats, test mean) and active groups (mean KL above 0.01 nats)."""
+        generator = torch.Generator(device=x.device).manual_seed(0)
+        kl = torch.cat([self.kl_per_group(chunk, generator) for chunk in x.split(100)]).mean(0)  # (L,)
+        return {"kl_per_group": kl.tolist(), "active_groups": int((kl > 0.01).sum())}
+
+    def sample(self, num_samples: int, generator: torch.Generator | None = None,
+               temperature: float | list[float] = 1.0) -> Tensor:
+        """Decoder means at z ~ prod_l p(z_l | z_<l), each group drawn at its temperature: (N, C, H, W)."""
+        temperatures = temperature if isinstance(temperature, list) else [temperature] * len(self.group_scales)
+        if len(temperatures) != len(self.group_scales):
+            raise ConfigError(f"{len(temperatures)} temperatures for {len(self.group_scales)} latent groups")
+        device = generator.device if generator is not None else self.device
+
+        def from_prior(index: int, prior: DiagonalGaussian, posterior: DiagonalGaussian | None) -> Tensor:
+            noise = torch.randn(prior.mean.shape, generator=generator, device=device).to(prior.mean.device)
+            return prior.rsample(noise, temperature=temperatures[index])
+
+        likelihood, _ = self.top_down(num_samples, from_prior)
+        return self.likelihood.mean_image(likelihood)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Decoder mean with every group at its posterior mean: (B, C, H, W) -> (B, C, H, W)."""
+        likelihood, _ = self.top_down(x.shape[0], lambda i, p, q: q.mean, self.bottom_up(x))
+        return self.likelihood.mean_image(likelihood)
+

@@ -1,0 +1,198 @@
+"""Hierarchical VAE: exact likelihood by quadrature on a tiny model, the prior's dependence structure,
+the residual-normal KL, KL balancing, spectral regularisation, temperature."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from vaekit.batch import Batch
+from vaekit.models.hierarchical import HierarchicalVAE, HierarchicalVAEConfig
+from vaekit.nn.spectral import SpectralPenalty
+from vaekit.objectives import importance_sampled_log_px, kl_balance_alphas, kl_balance_coefficients
+
+
+def _perturbed(config: HierarchicalVAEConfig, seed: int = 0, scale: float = 0.3) -> HierarchicalVAE:
+    """A model whose every weight is moved off its initialisation (zero-initialised heads included)."""
+    torch.manual_seed(seed)
+    model = HierarchicalVAE(config).double()
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(scale * torch.randn(parameter.shape, generator=generator, dtype=torch.float64))
+    return model.eval()
+
+
+TINY = HierarchicalVAEConfig(image_shape=(1, 2, 2), channels=8, downsamples=1, groups_per_scale=(2,), latent_channels=1,
+                             cells_per_group=1)  # two 1-dimensional groups, 4 binary pixels
+ALL_IMAGES = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4)), dtype=torch.float64).view(16, 1, 2, 2)
+
+
+def _fixed(z: list[torch.Tensor]):
+    return lambda index, prior, posterior: z[index]
+
+
+def _quadrature_log_px(model: HierarchicalVAE, images: torch.Tensor, half_width: float = 12.0,
+                       points: int = 241) -> torch.Tensor:
+    """log p(x) = log of the double integral of p(x | z1, z2) p(z2 | z1) p(z1) on a grid (midpoint rule)."""
+    grid = torch.linspace(-half_width, half_width, points, dtype=torch.float64)
+    step = grid[1] - grid[0]
+    z1, z2 = torch.meshgrid(grid, grid, indexing="ij")
+    z = [z1.reshape(-1, 1, 1, 1), z2.reshape(-1, 1, 1, 1)]
+    with torch.no_grad():
+        likelihood, groups = model.top_down(len(z[0]), _fixed(z))
+        log_prior = sum(g.prior.log_prob(g.z).flatten(1).sum(1) for g in groups)  # (N,)
+        logits = likelihood.logits.flatten(1)  # (N, 4)
+        x = images.flatten(1)  # (M, 4)
+        log_px_z = (x @ torch.nn.functional.logsigmoid(logits).T + (1 - x) @ torch.nn.functional.logsigmoid(-logits).T)
+    return torch.logsumexp(log_px_z + log_prior, dim=1) + 2 * torch.log(step)  # (M,)
+
+
+def test_quadrature_of_the_tiny_model_is_a_distribution_over_the_16_images():
+    model = _perturbed(TINY, scale=0.1)  # prior std of z2 | z1 between 1 and 3.1 on the grid
+    log_px = _quadrature_log_px(model, ALL_IMAGES)
+    assert torch.logsumexp(log_px, 0).exp().item() == pytest.approx(1.0, abs=1e-6)
+    assert log_px.max() - log_px.min() > 0.5  # the model is not uniform over images: the test has teeth
+
+
+def test_importance_sampled_log_px_matches_quadrature_within_a_hundredth_of_a_nat():
+    model = _perturbed(TINY, scale=0.1)
+    exact = _quadrature_log_px(model, ALL_IMAGES)
+    estimate, elbo = importance_sampled_log_px(model, ALL_IMAGES, num_samples=20000, samples_per_chunk=10000,
+                                               generator=torch.Generator().manual_seed(0))
+    assert (estimate - exact).abs().max().item() < 0.01
+    assert (elbo <= exact + 1e-6).all() and (exact - elbo).max() > 0.01  # the ELBO is a bound, and not tight
+
+
+def _three_groups() -> HierarchicalVAE:
+    return _perturbed(HierarchicalVAEConfig(image_shape=(1, 4, 4), channels=8, downsamples=1,
+                                            groups_per_scale=(1, 2), latent_channels=2), seed=3, scale=0.1)
+
+
+def _draws(model: HierarchicalVAE, batch: int, seed: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, *shape, generator=g, dtype=torch.float64) for shape in model.latent_shapes()]
+
+
+def test_with_z_fixed_no_prior_parameter_depends_on_x():
+    model = _three_groups()
+    g = torch.Generator().manual_seed(5)
+    x1, x2 = (torch.rand(3, 1, 4, 4, generator=g, dtype=torch.float64).round() for _ in range(2))
+    z = _draws(model, 3, seed=6)
+    with torch.no_grad():
+        _, with_x1 = model.top_down(3, _fixed(z), model.bottom_up(x1))
+        _, with_x2 = model.top_down(3, _fixed(z), model.bottom_up(x2))
+    for a, b in zip(with_x1, with_x2):
+        torch.testing.assert_close(a.prior.mean, b.prior.mean, rtol=0, atol=0)
+        torch.testing.assert_close(a.prior.log_var, b.prior.log_var, rtol=0, atol=0)
+    assert not torch.allclose(with_x1[1].posterior.mean, with_x2[1].posterior.mean)  # but the posterior does
+
+
+@pytest.mark.parametrize("perturbed_group", [0, 1])
+def test_perturbing_z_l_leaves_earlier_priors_unchanged_and_moves_a_later_one(perturbed_group):
+    model = _three_groups()
+    z = _draws(model, 2, seed=7)
+    moved = [t.clone() for t in z]
+    moved[perturbed_group] = moved[perturbed_group] + 0.5
+    with torch.no_grad():
+        _, before = model.top_down(2, _fixed(z))
+        _, after = model.top_down(2, _fixed(moved))
+    for index in range(perturbed_group + 1):
+        torch.testing.assert_close(before[index].prior.mean, after[index].prior.mean, rtol=0, atol=0)
+    assert any(not torch.allclose(before[i].prior.mean, after[i].prior.mean) for i in range(perturbed_group + 1, 3))
+
+
+def test_the_sampling_path_recomputes_the_priors_and_likelihood_used_in_training():
+    model = _three_groups()
+    g = torch.Generator().manual_seed(8)
+    x = torch.rand(4, 1, 4, 4, generator=g, dtype=torch.float64).round()
+    noise = _draws(model, 4, seed=9)
+    with torch.no_grad():
+        likelihood, trained = model.top_down(4, lambda i, p, q: q.rsample(noise[i]), model.bottom_up(x))
+        regenerated_likelihood, regenerated = model.top_down(4, _fixed([group.z for group in trained]))
+    torch.testing.assert_close(regenerated_likelihood.logits, likelihood.logits, rtol=0, atol=0)
+    for a, b in zip(trained, regenerated):
+        torch.testing.assert_close(b.prior.mean, a.prior.mean, rtol=0, atol=0)
+        torch.testing.assert_close(b.prior.log_var, a.prior.log_var, rtol=0, atol=0)
+
+
+def test_kl_per_group_is_the_residual_normal_closed_form_of_eq_2():
+    """KL(N(mu_p + dmu, (sigma_p dsigma)^2) || N(mu_p, sigma_p^2)) = 1/2 (dmu^2/sigma_p^2 + dsigma^2 - 1 - log dsigma^2)."""
+    model = _three_groups()
+    x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(10), dtype=torch.float64).round()
+    generator = torch.Generator().manual_seed(11)
+    kl = model.kl_per_group(x, generator)  # (B, L)
+    noise_generator = torch.Generator().manual_seed(11)
+    _, groups = model.top_down(4, lambda i, p, q: q.rsample(torch.randn(q.mean.shape, generator=noise_generator)),
+                               model.bottom_up(x))  # the same draws as kl_per_group
+    for index, group in enumerate(groups):
+        delta_mean = group.posterior.mean - group.prior.mean
+        prior_var = group.prior.log_var.exp()
+        delta_var = (group.posterior.log_var - group.prior.log_var).exp()
+        closed_form = 0.5 * (delta_mean**2 / prior_var + delta_var - 1 - delta_var.log())
+        torch.testing.assert_close(kl[:, index], closed_form.flatten(1).sum(1))
+    assert (kl > 0).all()
+
+
+def test_kl_balancing_weights_follow_nvaes_square_rule():
+    alphas = kl_balance_alphas((1, 2, 4))  # 4^s / groups: 1, 2, 2, 4, 4, 4, 4 (minimum 1)
+    torch.testing.assert_close(alphas, torch.tensor([1.0, 2, 2, 4, 4, 4, 4]))
+    kl = torch.tensor([3.99, 0.99, 1.99])  # + 0.01: 4, 1, 2; sum 7
+    coefficients = kl_balance_coefficients(kl, torch.tensor([1.0, 2.0, 2.0]))
+    raw = torch.tensor([4 / 1 * 7, 1 / 2 * 7, 2 / 2 * 7])
+    torch.testing.assert_close(coefficients, raw / raw.mean())
+
+
+def test_kl_balancing_applies_during_warm_up_only():
+    config = HierarchicalVAEConfig(image_shape=(1, 4, 4), channels=8, groups_per_scale=(1, 2), latent_channels=2,
+                                   kl_warmup_steps=10)
+    torch.manual_seed(0)
+    model = HierarchicalVAE(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)))
+    x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(2)).round()
+
+    def total(step: int, balancing: bool) -> float:
+        model.config = config.model_copy(update={"kl_balancing": balancing})
+        return model.loss(Batch.of(x, generator=torch.Generator().manual_seed(3)), step=step).total.item()
+
+    assert total(5, True) != pytest.approx(total(5, False), rel=1e-6)  # warm-up: balanced
+    assert total(10, True) == total(10, False)  # after warm-up: the plain ELBO
+
+
+def test_power_iteration_finds_the_largest_singular_value():
+    layer = nn.Linear(7, 5)
+    penalty = SpectralPenalty([layer], generator=torch.Generator().manual_seed(0))
+    penalty.power_iteration(steps=200)
+    expected = torch.linalg.matrix_norm(layer.weight.detach(), ord=2)
+    torch.testing.assert_close(penalty().detach(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_sampling_temperature_per_group():
+    model = _three_groups().float()
+    at_zero_noise = model.sample(3, torch.Generator().manual_seed(0), temperature=[1e-6, 1e-6, 1e-6])
+    again = model.sample(3, torch.Generator().manual_seed(1), temperature=[1e-6, 1e-6, 1e-6])
+    torch.testing.assert_close(at_zero_noise, again, rtol=0, atol=1e-5)  # the prior means' path: no noise left
+    hot = model.sample(3, torch.Generator().manual_seed(0), temperature=1.0)
+    assert not torch.allclose(hot, at_zero_noise, atol=1e-3)
+    with pytest.raises(ValueError, match="temperatures"):
+        model.sample(3, temperature=[1.0, 1.0])
+
+
+def test_the_image_size_must_divide_by_the_scales():
+    with pytest.raises(ValueError, match="divisible by 8"):
+        HierarchicalVAE(HierarchicalVAEConfig(image_shape=(1, 12, 12), downsamples=1, groups_per_scale=(1, 1, 1)))
+
+
+def test_logged_kl_per_group_sums_to_the_kl():
+    model = _three_groups().float()
+    x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(12)).round()
+    losses = model.loss(Batch.of(x, generator=torch.Generator().manual_seed(13)))
+    per_group = sum(losses.terms[f"kl_group_{i}"] for i in range(3))
+    torch.testing.assert_close(per_group, losses.terms["kl"])
+    assert math.isfinite(losses.total.item())
