@@ -111,3 +111,29 @@ def test_iwae_bound_exceeds_elbo_and_grows_with_k_on_a_trained_model(trained_dig
 def test_every_shipped_preset_validates(preset):
     config = load_config(preset)
     assert config.name == preset  # a preset's run directory is named after it
+
+
+def test_sample_temperature_narrows_the_samples(trained_digits_run, tmp_path):
+    import numpy as np
+
+    spreads = {}
+    for temperature in ("0.001", "1.0"):
+        out = tmp_path / f"t{temperature}.png"
+        assert main(["sample", str(trained_digits_run), "--num", "16", "--temperature", temperature,
+                     "--out", str(out)]) == 0
+        with Image.open(out) as image:
+            tiles = np.asarray(image.convert("L"), dtype=np.float64)
+        spreads[temperature] = tiles.std()
+    # at temperature ~0 every tile is the decoding of z = 0: the grid is 16 copies of one digit
+    assert spreads["0.001"] < spreads["1.0"]
+    with pytest.raises(SystemExit):
+        main(["sample", str(trained_digits_run), "--temperature", "0"])
+
+
+def test_the_run_directory_holds_a_sample_grid_per_temperature(tmp_path):
+    import vaekit
+    from conftest import tiny_config
+
+    run_dir = vaekit.train(tiny_config(tmp_path, "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
+                                       "eval.sample_temperatures=[0.5, 1.0]"), quiet=True)
+    assert (run_dir / "samples/step-2.png").is_file() and (run_dir / "samples/step-2-t0.5.png").is_file()

@@ -59,8 +59,8 @@ class ToyAdversarial(GenerativeModel):
     def reconstruct(self, x):
         return self.decoder(self.encoder(x.flatten(1))).clamp(0, 1).view_as(x)
 
-    def sample(self, num_samples, generator=None):
-        z = torch.randn(num_samples, self.config.latent_dim, generator=generator)
+    def sample(self, num_samples, generator=None, temperature=1.0):
+        z = temperature * torch.randn(num_samples, self.config.latent_dim, generator=generator)
         return self.decoder(z).clamp(0, 1).view(num_samples, *self.config.image_shape)
 
 

@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--num", type=int, default=64)
     sample.add_argument("--out", default="samples.png")
     sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--temperature", type=_positive_float, default=1.0,
+                        help="spread of the latent draws (below 1: typical samples; above: diverse)")
     sample.set_defaults(handler=_sample)
 
     for name, help_text in [
@@ -76,6 +78,13 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("models", help="the registered model families and their config keys").set_defaults(handler=_models)
     commands.add_parser("presets", help="the config presets shipped with vaekit").set_defaults(handler=_presets)
     return parser
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -119,7 +128,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     model = load(args.run_dir)
     with torch.inference_mode():
-        drawn = model.sample(args.num, generator=torch.Generator().manual_seed(args.seed))
+        drawn = model.sample(args.num, generator=torch.Generator().manual_seed(args.seed), temperature=args.temperature)
     _write_outputs(model, drawn, Path(args.out), nrow=math.ceil(math.sqrt(args.num)))
     return 0
 

@@ -138,6 +138,7 @@ class EvalConfig(Section):
     active_unit_threshold: float = 0.01  # Burda et al. 2016: Cov_x(E_q[z_j]) > threshold
     seed: int = 1234  # importance-sampling draws
     num_grid_images: int = Field(64, ge=1)  # samples / reconstructions per PNG grid
+    sample_temperatures: tuple[Annotated[float, Field(gt=0)], ...] = Field((1.0,), min_length=1)  # a grid each
     sample_quality_samples: int = Field(0, ge=0)  # Fashion-MNIST: FD/KID of this many samples (10000); 0 = off
     point_cloud_emd: bool = False  # point clouds: also the exact EMD of each reconstruction (~0.3 s per 2048-point pair)
 

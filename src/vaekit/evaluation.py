@@ -123,9 +123,15 @@ def write_point_cloud_renders(model: GenerativeModel, data: PointCloudData, run_
         written.append(save_point_cloud_grid(linear_interpolation(model, picks[0], picks[-1]),
                                              run_dir / "interpolations" / f"step-{step}.png"))
     if model.can(Capability.SAMPLE):
-        samples = model.sample(10, generator=torch.Generator().manual_seed(config.seed))
-        written.append(save_point_cloud_grid(samples, run_dir / "samples" / f"step-{step}.png"))
+        for temperature in config.sample_temperatures:
+            samples = model.sample(10, generator=torch.Generator().manual_seed(config.seed), temperature=temperature)
+            written.append(save_point_cloud_grid(samples, run_dir / "samples" / sample_file_name(step, temperature)))
     return written
+
+
+def sample_file_name(step: int, temperature: float) -> str:
+    """samples/step-N.png at temperature 1, step-N-t0.7.png at another."""
+    return f"step-{step}.png" if temperature == 1.0 else f"step-{step}-t{temperature:g}.png"
 
 
 def linear_interpolation(model: GenerativeModel, start: torch.Tensor, end: torch.Tensor, steps: int = 5) -> torch.Tensor:
@@ -146,8 +152,9 @@ def write_image_grids(model: GenerativeModel, data: ImageData, run_dir: Path, st
         save_image_grid(originals_over_reconstructions(model, x), run_dir / "reconstructions" / f"step-{step}.png"),
     ]
     if model.can(Capability.SAMPLE):
-        samples = model.sample(n, generator=torch.Generator().manual_seed(config.seed))
-        written.append(save_image_grid(samples, run_dir / "samples" / f"step-{step}.png"))
+        for temperature in config.sample_temperatures:
+            samples = model.sample(n, generator=torch.Generator().manual_seed(config.seed), temperature=temperature)
+            written.append(save_image_grid(samples, run_dir / "samples" / sample_file_name(step, temperature)))
     if model.can(Capability.FLAT_CODES):
         written.append(save_image_grid(traversal_images(model, x[:1]), run_dir / "traversals" / f"step-{step}.png", nrow=11))
         written.append(save_image_grid(interpolation_images(model, x), run_dir / "interpolations" / f"step-{step}.png", nrow=10))

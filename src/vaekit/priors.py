@@ -69,10 +69,10 @@ class GaussianMixture(nn.Module):
         """log p(z): (N, D) -> (N,)."""
         return self._distribution().log_prob(z)
 
-    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """(N, D) draws: a component per draw, then mu_k + L_k eps."""
+    def sample(self, num_samples: int, generator: torch.Generator | None = None, *, temperature: float = 1.0) -> Tensor:
+        """(N, D) draws: a component per draw, then mu_k + temperature L_k eps."""
         component = torch.multinomial(self.log_weights.exp(), num_samples, replacement=True, generator=generator)
-        noise = torch.randn(num_samples, self.means.shape[1], generator=generator).to(self.means)
+        noise = temperature * torch.randn(num_samples, self.means.shape[1], generator=generator).to(self.means)
         return self.means[component] + (self.scale_tril[component] @ noise.unsqueeze(-1)).squeeze(-1)
 
 

@@ -134,8 +134,11 @@ class GenerativeModel(nn.Module):
         """Deterministic reconstruction of x (decoder mean at the encoder's mean), same shape as x."""
         raise NotImplementedError
 
-    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """Capability SAMPLE: num_samples new data points (images (N, C, H, W) in [0, 1], clouds (N, P, 3))."""
+    def sample(self, num_samples: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        """Capability SAMPLE: num_samples new data points (images (N, C, H, W) in [0, 1], clouds (N, P, 3)).
+
+        `temperature` scales the spread of the latent draws (1 = the model's distribution).
+        """
         raise self._cannot(Capability.SAMPLE, "sample")
 
     def encode(self, x: Tensor) -> DiagonalGaussian:

@@ -92,6 +92,7 @@ class LatentGAN(LatentSpaceModel):
         (gradient,) = torch.autograd.grad(self.discriminator(between).sum(), between, create_graph=True)
         return (gradient.norm(dim=1) - 1.0).pow(2)
 
-    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        noise = self.config.noise_std * torch.randn(num_samples, self.config.noise_dim, generator=generator)
+    def sample(self, num_samples: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        """The parent's decoding of G(noise), noise ~ N(0, (temperature noise_std)^2 I)."""
+        noise = temperature * self.config.noise_std * torch.randn(num_samples, self.config.noise_dim, generator=generator)
         return self.parent.decode_mean(self.generator(noise.to(self.parent.device)))

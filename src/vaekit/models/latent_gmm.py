@@ -96,8 +96,9 @@ class LatentGMM(LatentSpaceModel):
                 "diagonal_covariance": float(choice.covariance_type == "diag"),
                 "overfit_gap_per_dim": gap_per_dim, "overfit_warning": float(overfit)}
 
-    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        return self.parent.decode_mean(self.mixture.sample(num_samples, generator))
+    def sample(self, num_samples: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        """The parent's decoding of z ~ the mixture, each component's spread scaled by temperature."""
+        return self.parent.decode_mean(self.mixture.sample(num_samples, generator, temperature=temperature))
 
     def extra_scores(self, x: Tensor) -> dict[str, float]:
         """Mean log-density of the test split's codes under the mixture (nats per image)."""

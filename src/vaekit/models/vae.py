@@ -146,8 +146,8 @@ class VAE(GenerativeModel):
         """Images E[x|z] for latents z (N, latent_dim): (N, C, H, W) in [0, 1]."""
         return self.likelihood.mean_image(self.decode(z))
 
-    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """Decoder means of z ~ N(0, I): (N, C, H, W) in [0, 1]."""
+    def sample(self, num_samples: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        """Decoder means of z ~ N(0, temperature^2 I): (N, C, H, W) in [0, 1]."""
         device = generator.device if generator is not None else self.device
         z = torch.randn(num_samples, self.config.latent_dim, generator=generator, device=device)
-        return self.decode_mean(z.to(self.device))
+        return self.decode_mean(temperature * z.to(self.device))

@@ -105,9 +105,10 @@ class WAE(GenerativeModel):
             noise = torch.randn(shape, generator=generator)
         return self.config.prior_std * noise
 
-    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, num_samples: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
+        """G(z) for z ~ N(0, (temperature sigma_p)^2 I): (N, C, H, W) in [0, 1]."""
         z = self.prior_sample((num_samples, self.config.latent_dim), generator=generator)
-        return self.decode_mean(z.to(self.device))
+        return self.decode_mean(temperature * z.to(self.device))
 
     def reconstruct(self, x: Tensor) -> Tensor:
         return self.decode_mean(self.latent_codes(x))
