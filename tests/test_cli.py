@@ -131,8 +131,9 @@ def test_sample_temperature_narrows_the_samples(trained_digits_run, tmp_path):
 
 
 def test_the_run_directory_holds_a_sample_grid_per_temperature(tmp_path):
-    import vaekit
     from conftest import tiny_config
+
+    import vaekit
 
     run_dir = vaekit.train(tiny_config(tmp_path, "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
                                        "eval.sample_temperatures=[0.5, 1.0]"), quiet=True)
