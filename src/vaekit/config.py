@@ -132,6 +132,7 @@ class EvalConfig(Section):
     """How the test split is scored."""
 
     num_importance_samples: int = Field(1000, ge=1)  # K of the importance-sampled log p(x)
+    extra_importance_samples: tuple[Annotated[int, Field(ge=1)], ...] = ()  # also nll_kK at these K (convergence)
     num_images: int | None = 1000  # first N test images scored; None = all
     samples_per_chunk: int = Field(100, ge=1)  # importance samples decoded at once (memory)
     images_per_chunk: int = Field(100, ge=1)  # test images per chunk

@@ -48,6 +48,10 @@ def evaluate(model: GenerativeModel, data: ImageData | PointCloudData, config: E
         spec = model.likelihood
         results |= likelihood_scores(model, x, config, is_discrete=spec.is_discrete, num_levels=data.num_levels,
                                     progress=progress)
+        for k in config.extra_importance_samples:  # the gap between K's shows whether the estimate converged
+            other = config.model_copy(update={"num_importance_samples": k})
+            results[f"nll_k{k}"] = likelihood_scores(model, x, other, is_discrete=spec.is_discrete,
+                                                     num_levels=data.num_levels, progress=progress)["nll"]
     if model.can(Capability.GAUSSIAN_POSTERIOR):
         results |= latent_scores(model, x, config)
         if "elbo" in results:
