@@ -1,0 +1,177 @@
+"""Vector quantisation (van den Oord et al. 2017, arXiv 1711.00937), written once for every model that
+quantises: nearest code in blocks, straight-through (or rotation-trick) gradients, the codebook and
+commitment losses, and the EMA codebook with k-means initialisation and dead-code restarts.
+
+Notation: encoder vectors z_e (N, D), codebook e (K, D), z_q = e[argmin_k ||z_e - e_k||^2].
+Buffers that gradients do not learn (the EMA statistics, the codebook under EMA, restarts, the
+k-means initialisation) change only in `VectorQuantizer.update_buffers`, which a model calls from
+its post-step hook with the step's batch: counts and sums are summed over processes and every
+random choice comes from the batch's step-seeded generator, so every process makes the same change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vaekit.batch import Batch
+
+GradientMode = Literal["straight_through", "rotation"]
+
+
+def nearest_codes(vectors: Tensor, codebook: Tensor, *, max_block_bytes: int = 16 * 2**20) -> Tensor:
+    """argmin_k ||z_e - e_k||^2 for vectors (N, D), codebook (K, D) -> indices (N,), int64.
+
+    ||z_e||^2 does not change the argmin, so each block of rows scores ||e_k||^2 - 2 z_e . e_k with
+    one matmul; rows go `max_block_bytes` of scores at a time, never the whole N x K matrix.
+    """
+    vectors, codebook = vectors.float(), codebook.float()
+    code_norms = codebook.pow(2).sum(1)  # (K,)
+    rows_per_block = max(1, max_block_bytes // (4 * codebook.shape[0]))
+    return torch.cat([torch.addmm(code_norms, rows, codebook.T, alpha=-2.0).argmin(1)  # (rows, K) -> (rows,)
+                      for rows in vectors.split(rows_per_block)])
+
+
+def straight_through(vectors: Tensor, quantised: Tensor) -> Tensor:
+    """z_e + sg[z_q - z_e]: the value of z_q, the gradient of the identity (van den Oord et al. 2017, eq. 3)."""
+    return vectors + (quantised - vectors).detach()
+
+
+def rotation_trick(vectors: Tensor, quantised: Tensor, eps: float = 1e-6) -> Tensor:
+    """sg[|z_q| / |z_e| R] z_e, R the rotation taking z_e's direction to z_q's (Fifty et al. 2025, eq. 4 and
+    Alg. 1, as two Householder reflections): the value of z_q; the gradient rotated and scaled with it."""
+    e_norm = vectors.norm(dim=-1, keepdim=True).clamp_min(eps)
+    q_norm = quantised.norm(dim=-1, keepdim=True).clamp_min(eps)
+    u, v = (vectors / e_norm).detach(), (quantised / q_norm).detach()
+    w = F.normalize(u + v, dim=-1, eps=eps).detach()
+    rotated = vectors - 2 * w * (w * vectors).sum(-1, keepdim=True) + 2 * v * (u * vectors).sum(-1, keepdim=True)
+    return (q_norm / e_norm).detach() * rotated
+
+
+def perplexity(counts: Tensor) -> Tensor:
+    """exp(entropy) of the code histogram counts (K,): from 1 (one code) to K (uniform use)."""
+    probabilities = counts / counts.sum().clamp_min(1.0)
+    return torch.exp(-(probabilities * torch.log(probabilities.clamp_min(1e-12))).sum())
+
+
+def laplace_smoothed(cluster_size: Tensor, eps: float) -> Tensor:
+    """(N_k + eps) / (n + K eps) * n: counts that are never 0 (Sonnet's VectorQuantizerEMA)."""
+    total = cluster_size.sum()
+    return (cluster_size + eps) / (total + cluster_size.numel() * eps) * total
+
+
+def kmeans(vectors: Tensor, num_codes: int, *, iterations: int, generator: torch.Generator | None) -> Tensor:
+    """Lloyd's k-means of vectors (N, D) into num_codes centres (K, D), started at random rows.
+
+    Deterministic given the generator and the rows; an empty cluster keeps its centre.
+    """
+    device = generator.device if generator is not None else vectors.device
+    picks = torch.randint(len(vectors), (num_codes,), generator=generator, device=device).to(vectors.device)
+    centres = vectors[picks].clone()
+    for _ in range(iterations):
+        assigned = F.one_hot(nearest_codes(vectors, centres), num_codes).to(vectors.dtype)  # (N, K)
+        counts = assigned.sum(0)  # (K,)
+        sums = assigned.T @ vectors  # (K, D)
+        centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1.0)[:, None], centres)
+    return centres
+
+
+@dataclass(frozen=True)
+class Quantised:
+    """The quantiser's output for vectors (N, D)."""
+
+    quantised: Tensor  # (N, D) z_q with the chosen gradient path to z_e
+    indices: Tensor  # (N,) int64 code of each vector
+    codebook_loss: Tensor  # (N,) ||sg[z_e] - z_q||^2 per vector (0 under EMA: the codebook is not learned by it)
+    commitment_loss: Tensor  # (N,) ||z_e - sg[z_q]||^2 per vector (times beta in the model's loss)
+
+
+class VectorQuantizer(nn.Module):
+    """K codes of dimension D; the codebook learned by its loss or by an EMA (paper App. A.1).
+
+    Losses per vector are squared distances summed over the code dimension; a model sums them over
+    the positions of an image, like its reconstruction term, and weighs the commitment by beta.
+    """
+
+    def __init__(self, num_codes: int, code_dim: int, *, ema: bool = True, decay: float = 0.99, eps: float = 1e-5,
+                 gradient: GradientMode = "straight_through", kmeans_iterations: int = 10,
+                 restart_below: float = 0.0) -> None:
+        super().__init__()
+        self.num_codes, self.code_dim = num_codes, code_dim
+        self.ema, self.decay, self.eps, self.gradient = ema, decay, eps, gradient
+        self.kmeans_iterations, self.restart_below = kmeans_iterations, restart_below
+        codebook = torch.empty(num_codes, code_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)  # (K, D)
+        if ema:
+            self.register_buffer("codebook", codebook)
+            self.register_buffer("cluster_size", torch.zeros(num_codes))  # (K,) EMA of assignment counts
+            self.register_buffer("embed_sum", codebook.clone())  # (K, D) EMA of assigned vector sums
+        else:
+            self.codebook = nn.Parameter(codebook)
+        self.register_buffer("usage", torch.full((num_codes,), 1.0 / num_codes))  # (K,) EMA of usage shares
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))  # k-means done
+
+    def forward(self, vectors: Tensor) -> Quantised:
+        """Quantise vectors (N, D): nearest codes, their losses, z_q with the configured gradient."""
+        indices = nearest_codes(vectors.detach(), self.codebook.detach())  # (N,)
+        codes = self.codebook[indices].to(vectors.dtype)  # (N, D)
+        commitment = (vectors - codes.detach()).pow(2).sum(-1)
+        codebook_loss = torch.zeros_like(commitment) if self.ema else (vectors.detach() - codes).pow(2).sum(-1)
+        mix = straight_through if self.gradient == "straight_through" else rotation_trick
+        return Quantised(mix(vectors, codes), indices, codebook_loss, commitment)
+
+    def lookup(self, indices: Tensor) -> Tensor:
+        """Code vectors of integer indices (...,) -> (..., D)."""
+        return self.codebook[indices]
+
+    @torch.no_grad()
+    def update_buffers(self, vectors: Tensor, batch: Batch) -> None:
+        """The post-step update from this process's encoder vectors (N, D) of the step.
+
+        First call: k-means initialisation on the global batch's vectors. Then, under EMA:
+        N_k <- g N_k + (1-g) n_k, m_k <- g m_k + (1-g) sum_{z_e -> k} z_e, e_k = m_k / smoothed N_k
+        (paper App. A.1, eqs. 6-8; Laplace smoothing as Sonnet). Codes whose usage share falls below
+        `restart_below` restart at random vectors of the global batch.
+        """
+        vectors = vectors.detach().float()
+        if not bool(self.initialised):
+            self._set_codebook(kmeans(batch.all_gather(vectors), self.num_codes, iterations=self.kmeans_iterations,
+                                      generator=batch.generator))
+            self.initialised.fill_(True)
+        assigned = F.one_hot(nearest_codes(vectors, self.codebook), self.num_codes).float()  # (N, K)
+        counts = batch.all_reduce(assigned.sum(0))  # (K,) over the global batch
+        self.usage.lerp_(counts / counts.sum().clamp_min(1.0), 1.0 - self.decay)
+        if self.ema:
+            self.cluster_size.lerp_(counts, 1.0 - self.decay)
+            self.embed_sum.lerp_(batch.all_reduce(assigned.T @ vectors), 1.0 - self.decay)
+            self.codebook.copy_(self.embed_sum / laplace_smoothed(self.cluster_size, self.eps)[:, None])
+        if self.restart_below > 0:
+            self._restart_dead_codes(batch.all_gather(vectors), batch.generator)
+
+    def _restart_dead_codes(self, vectors: Tensor, generator: torch.Generator | None) -> None:
+        dead = self.usage < self.restart_below / self.num_codes  # usage share below restart_below x uniform
+        if not bool(dead.any()):
+            return
+        device = generator.device if generator is not None else vectors.device
+        picks = torch.randint(len(vectors), (self.num_codes,), generator=generator, device=device).to(vectors.device)
+        self.usage[dead] = 1.0 / self.num_codes
+        if self.ema:
+            self.cluster_size[dead] = self.cluster_size.sum() / self.num_codes
+        self._set_codebook(torch.where(dead[:, None], vectors[picks], self.codebook.float()))
+
+    def _set_codebook(self, codebook: Tensor) -> None:
+        """Replace the codes (and, under EMA, the sums whose means they are)."""
+        self.codebook.data.copy_(codebook)
+        if self.ema:
+            if not bool(self.cluster_size.sum() > 0):  # before any statistics: one vector per code
+                self.cluster_size.fill_(1.0)
+            self.embed_sum.copy_(codebook * laplace_smoothed(self.cluster_size, self.eps)[:, None])
+
+    def code_statistics(self, indices: Tensor, batch: Batch) -> dict[str, Tensor]:
+        """Logged scalars over the global batch: perplexity and the share of codes used in it."""
+        counts = batch.all_reduce(torch.bincount(indices.flatten(), minlength=self.num_codes).float())
+        return {"perplexity": perplexity(counts), "codes_used": (counts > 0).float().mean()}
+

@@ -1,0 +1,136 @@
+"""The vector quantiser: nearest codes against brute force, gradient paths, the EMA codebook against a
+hand computation, k-means, dead-code restarts, perplexity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vaekit.batch import Batch
+from vaekit.quantize import (
+    VectorQuantizer,
+    kmeans,
+    laplace_smoothed,
+    nearest_codes,
+    perplexity,
+    rotation_trick,
+    straight_through,
+)
+
+
+@pytest.mark.parametrize("max_block_bytes", [1, 4 * 37 * 5, 16 * 2**20])
+def test_nearest_codes_match_brute_force_for_any_block_size(max_block_bytes):
+    g = torch.Generator().manual_seed(0)
+    vectors, codebook = torch.randn(300, 8, generator=g), torch.randn(37, 8, generator=g)
+    expected = torch.cdist(vectors.double(), codebook.double()).argmin(1)
+    assert torch.equal(nearest_codes(vectors, codebook, max_block_bytes=max_block_bytes), expected)
+
+
+def test_straight_through_has_the_value_of_the_codes_and_the_gradient_of_the_identity():
+    g = torch.Generator().manual_seed(1)
+    vectors = torch.randn(5, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    codes = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    out = straight_through(vectors, codes)
+    torch.testing.assert_close(out, codes)
+    weights = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((out * weights).sum(), vectors)
+    torch.testing.assert_close(grad, weights)
+
+
+def test_rotation_trick_has_the_value_of_the_code_and_a_scaled_rotation_as_jacobian():
+    g = torch.Generator().manual_seed(2)
+    e, q = torch.randn(4, generator=g, dtype=torch.float64), torch.randn(4, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(rotation_trick(e[None], q[None])[0], q)
+    jacobian = torch.autograd.functional.jacobian(lambda v: rotation_trick(v[None], q[None])[0], e)  # (4, 4)
+    scale = q.norm() / e.norm()
+    torch.testing.assert_close(jacobian @ jacobian.T, scale**2 * torch.eye(4, dtype=torch.float64))  # scaled orthogonal
+    torch.testing.assert_close(jacobian @ e, q)  # it maps z_e onto z_q
+    assert torch.linalg.det(jacobian / scale) == pytest.approx(1.0)  # a rotation, not a reflection
+
+
+def test_perplexity_is_one_for_one_code_and_k_for_uniform_use():
+    assert perplexity(torch.tensor([0.0, 7.0, 0.0])).item() == pytest.approx(1.0)
+    assert perplexity(torch.tensor([3.0, 3.0, 3.0, 3.0])).item() == pytest.approx(4.0)
+    assert perplexity(torch.tensor([1.0, 1.0, 2.0])).item() == pytest.approx(np.exp(-(2 * 0.25 * np.log(0.25)
+                                                                                        + 0.5 * np.log(0.5))))
+
+
+def test_laplace_smoothing_keeps_the_total_and_leaves_no_zero():
+    sizes = torch.tensor([0.0, 5.0, 15.0])
+    smoothed = laplace_smoothed(sizes, eps=1e-5)
+    assert smoothed.sum().item() == pytest.approx(20.0) and (smoothed > 0).all()
+    torch.testing.assert_close(smoothed[1:], sizes[1:], rtol=1e-5, atol=0)
+
+
+def _quantizer(codebook: torch.Tensor, **options) -> VectorQuantizer:
+    quantizer = VectorQuantizer(len(codebook), codebook.shape[1], **options)
+    quantizer._set_codebook(codebook)
+    quantizer.initialised.fill_(True)
+    return quantizer
+
+
+def test_one_ema_update_matches_the_hand_computation():
+    codebook = torch.tensor([[0.0, 0.0], [10.0, 10.0], [-10.0, 5.0]])
+    quantizer = _quantizer(codebook, decay=0.9, eps=1e-5)
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [9.0, 11.0]])  # two to code 0, one to code 1, none to 2
+    quantizer.update_buffers(vectors, Batch.of(vectors))
+    cluster_size = 0.9 * np.ones(3) + 0.1 * np.array([2.0, 1.0, 0.0])  # started at one vector per code
+    embed_sum = 0.9 * codebook.numpy() * laplace_smoothed(torch.ones(3), 1e-5).numpy()[:, None] \
+        + 0.1 * np.array([[1.0, 1.0], [9.0, 11.0], [0.0, 0.0]])
+    n = cluster_size.sum()
+    smoothed = (cluster_size + 1e-5) / (n + 3 * 1e-5) * n
+    np.testing.assert_allclose(quantizer.cluster_size.numpy(), cluster_size, rtol=1e-6)
+    np.testing.assert_allclose(quantizer.embed_sum.numpy(), embed_sum, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(quantizer.codebook.numpy(), embed_sum / smoothed[:, None], rtol=1e-5, atol=1e-6)
+    usage_shares = np.array([2.0, 1.0, 0.0]) / 3
+    np.testing.assert_allclose(quantizer.usage.numpy(), 0.9 / 3 + 0.1 * usage_shares, rtol=1e-6)
+
+
+def test_the_codebook_loss_moves_codes_and_the_commitment_moves_only_the_encoder():
+    codebook = torch.tensor([[0.0, 0.0], [4.0, 4.0]])
+    quantizer = _quantizer(codebook, ema=False)
+    vectors = torch.tensor([[1.0, 0.5], [3.0, 5.0]], requires_grad=True)
+    out = quantizer(vectors)
+    assert torch.equal(out.indices, torch.tensor([0, 1]))
+    torch.testing.assert_close(out.codebook_loss, torch.tensor([1.25, 2.0]))
+    torch.testing.assert_close(out.commitment_loss, torch.tensor([1.25, 2.0]))
+    (code_grad,) = torch.autograd.grad(out.codebook_loss.sum(), quantizer.codebook)
+    torch.testing.assert_close(code_grad, 2 * (codebook - vectors.detach()))  # d/de ||sg[z_e] - e||^2
+    vector_grad, code_grad = torch.autograd.grad(out.commitment_loss.sum(), [vectors, quantizer.codebook],
+                                                 allow_unused=True)
+    torch.testing.assert_close(vector_grad, 2 * (vectors.detach() - codebook))
+    assert code_grad is None or torch.equal(code_grad, torch.zeros_like(code_grad))
+
+
+def test_kmeans_finds_three_separated_blobs():
+    g = torch.Generator().manual_seed(3)
+    centres = torch.tensor([[-5.0, 0.0], [5.0, 0.0], [0.0, 8.0]])
+    vectors = torch.cat([c + 0.3 * torch.randn(200, 2, generator=g) for c in centres])
+    found = kmeans(vectors, 3, iterations=20, generator=torch.Generator().manual_seed(4))
+    matched = found[torch.cdist(centres, found).argmin(1)]
+    torch.testing.assert_close(matched, centres, atol=0.1, rtol=0)
+
+
+def test_the_first_update_initialises_the_codebook_by_kmeans_of_the_batch():
+    g = torch.Generator().manual_seed(5)
+    vectors = torch.cat([torch.tensor([-5.0, 0.0]) + 0.1 * torch.randn(50, 2, generator=g),
+                         torch.tensor([5.0, 0.0]) + 0.1 * torch.randn(50, 2, generator=g)])
+    quantizer = VectorQuantizer(2, 2, decay=0.5)
+    assert not bool(quantizer.initialised)
+    quantizer.update_buffers(vectors, Batch.of(vectors, generator=torch.Generator().manual_seed(6)))
+    assert bool(quantizer.initialised)
+    assert sorted(round(x) for x in quantizer.codebook[:, 0].tolist()) == [-5, 5]
+
+
+def test_a_dead_code_restarts_at_a_vector_of_the_batch_and_the_others_stay():
+    codebook = torch.tensor([[0.0, 0.0], [100.0, 100.0]])  # code 1 is never chosen
+    quantizer = _quantizer(codebook, decay=0.5, restart_below=0.5)
+    g = torch.Generator().manual_seed(7)
+    vectors = 0.1 * torch.randn(20, 2, generator=g)
+    quantizer.update_buffers(vectors, Batch.of(vectors, generator=torch.Generator().manual_seed(0)))
+    assert quantizer.codebook[1].norm() > 100  # usage 1/2 -> 1/4: not yet below 0.5 x uniform
+    quantizer.update_buffers(vectors, Batch.of(vectors, generator=torch.Generator().manual_seed(1)))
+    assert (vectors - quantizer.codebook[1]).norm(dim=1).min() < 1e-6  # 1/8 < 1/4: restarted at a batch vector
+    assert quantizer.usage[1].item() == pytest.approx(0.5)
+    assert quantizer.codebook[0].norm() < 0.2  # code 0: still the EMA mean of the vectors near 0
