@@ -32,6 +32,8 @@ CASES: dict[str, tuple[str, list[str], str | None]] = {
     "hierarchical-vae": ("digits-vae", [*DIGITS, ("model={name: hierarchical-vae, channels: 8, latent_channels: 2, "
                                               "groups_per_scale: [1, 2], kl_warmup_steps: 10, spectral_regularisation: 0.1}")],
                          None),
+    "vqvae": ("digits-vae", [*DIGITS, "data.binarize=none", ("model={name: vqvae, channels: 8, downsamples: 1, "
+                                                              "residual_cells: 1, num_codes: 16, code_dim: 4}")], None),
     "toy-codebook": ("digits-vae", [*DIGITS, "data.binarize=none", "model={name: toy-codebook}"], None),
 }
 

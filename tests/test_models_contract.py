@@ -38,6 +38,10 @@ TINY = {
                          {"image_shape": (3, 8, 8), "channels": 8, "latent_channels": 1, "groups_per_scale": (2,),
                           "downsamples": 2, "likelihood": "logistic_mixture", "num_bins": 17, "num_mixtures": 2,
                           "spectral_regularisation": 0.1, "kl_warmup_steps": 10, "squeeze_excitation": False}],
+    "vqvae": [{"image_shape": (1, 8, 8), "channels": 8, "downsamples": 1, "residual_cells": 1, "num_codes": 6,
+               "code_dim": 3},
+              {"image_shape": (3, 8, 8), "channels": 8, "downsamples": 2, "residual_cells": 0, "num_codes": 4,
+               "code_dim": 2, "ema": False, "gradient": "rotation", "likelihood": "logistic", "num_bins": 17}],
     "toy-codebook": [{"image_shape": (1, 8, 8)}],  # tests/toy_models.py: EMA codebook buffer, discrete codes
     "wae-gan": [{"image_shape": (1, 8, 8), "latent_dim": 3, "architecture": "mlp", "hidden_dims": (16,),
                  "discriminator_hidden_dims": (8, 8)}],

@@ -129,16 +129,19 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def update_buffers(self, vectors: Tensor, batch: Batch) -> None:
-        """The post-step update from this process's encoder vectors (N, D) of the step.
+        """The post-step update from this process's encoder vectors (B, ..., D) of the step, B = batch rows
+        (so that gathering keeps each example's vectors together, in the global batch's order).
 
         First call: k-means initialisation on the global batch's vectors. Then, under EMA:
         N_k <- g N_k + (1-g) n_k, m_k <- g m_k + (1-g) sum_{z_e -> k} z_e, e_k = m_k / smoothed N_k
         (paper App. A.1, eqs. 6-8; Laplace smoothing as Sonnet). Codes whose usage share falls below
         `restart_below` restart at random vectors of the global batch.
         """
-        vectors = vectors.detach().float()
+        per_example = vectors.detach().float().reshape(vectors.shape[0], -1, self.code_dim)  # (B, P, D)
+        vectors = per_example.reshape(-1, self.code_dim)  # (B*P, D)
+        global_vectors = batch.all_gather(per_example).reshape(-1, self.code_dim)  # (W*B*P, D) in global order
         if not bool(self.initialised):
-            self._set_codebook(kmeans(batch.all_gather(vectors), self.num_codes, iterations=self.kmeans_iterations,
+            self._set_codebook(kmeans(global_vectors, self.num_codes, iterations=self.kmeans_iterations,
                                       generator=batch.generator))
             self.initialised.fill_(True)
         assigned = F.one_hot(nearest_codes(vectors, self.codebook), self.num_codes).float()  # (N, K)
@@ -149,7 +152,7 @@ class VectorQuantizer(nn.Module):
             self.embed_sum.lerp_(batch.all_reduce(assigned.T @ vectors), 1.0 - self.decay)
             self.codebook.copy_(self.embed_sum / laplace_smoothed(self.cluster_size, self.eps)[:, None])
         if self.restart_below > 0:
-            self._restart_dead_codes(batch.all_gather(vectors), batch.generator)
+            self._restart_dead_codes(global_vectors, batch.generator)
 
     def _restart_dead_codes(self, vectors: Tensor, generator: torch.Generator | None) -> None:
         dead = self.usage < self.restart_below / self.num_codes  # usage share below restart_below x uniform
