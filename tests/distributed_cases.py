@@ -34,6 +34,7 @@ CASES: dict[str, tuple[str, list[str], str | None]] = {
                          None),
     "vqvae": ("digits-vae", [*DIGITS, "data.binarize=none", ("model={name: vqvae, channels: 8, downsamples: 1, "
                                                               "residual_cells: 1, num_codes: 16, code_dim: 4}")], None),
+    "code-prior": ("digits-code-prior", ["model={name: code-prior, width: 16, layers: 1, heads: 2}"], "vqvae"),
     "toy-codebook": ("digits-vae", [*DIGITS, "data.binarize=none", "model={name: toy-codebook}"], None),
 }
 

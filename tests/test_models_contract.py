@@ -19,6 +19,7 @@ from vaekit.models.base import Capability, GenerativeModel, freeze
 from vaekit.models.registry import lookup
 
 CODES = {"shape": (3,), "dtype": "float32"}  # the codes of PARENT, as vaekit writes them into a child's config
+DISCRETE_CODES = {"shape": (2, 2), "dtype": "int64", "num_symbols": 5}  # the codes of VQ_PARENT
 # Per-family settings that make a model tiny enough for a contract test on 8x8 images.
 TINY = {
     "vae": [{"image_shape": (1, 8, 8), "latent_dim": 3, "hidden_dims": (16,)},
@@ -42,11 +43,13 @@ TINY = {
                "code_dim": 3},
               {"image_shape": (3, 8, 8), "channels": 8, "downsamples": 2, "residual_cells": 0, "num_codes": 4,
                "code_dim": 2, "ema": False, "gradient": "rotation", "likelihood": "logistic", "num_bins": 17}],
+    "code-prior": [{"width": 8, "layers": 1, "heads": 2, "codes": DISCRETE_CODES}],  # parent: VQ_PARENT
     "toy-codebook": [{"image_shape": (1, 8, 8)}],  # tests/toy_models.py: EMA codebook buffer, discrete codes
     "wae-gan": [{"image_shape": (1, 8, 8), "latent_dim": 3, "architecture": "mlp", "hidden_dims": (16,),
                  "discriminator_hidden_dims": (8, 8)}],
 }
 PARENT = {"name": "vae", "image_shape": (1, 8, 8), "latent_dim": 3, "hidden_dims": (16,)}
+VQ_PARENT = {"name": "vqvae", "image_shape": (1, 8, 8), "channels": 8, "downsamples": 2, "num_codes": 5, "code_dim": 2}
 CASES = [(name, settings) for name in model_names() for settings in TINY[name]]
 
 
@@ -59,8 +62,9 @@ def _model_and_batch(name, settings):
     torch.manual_seed(0)
     model = build_model(config_class(name=name, **settings))
     if model.requires_parent:
-        model.attach_parent(freeze(build_model(lookup("vae")[0](**PARENT))))
-        settings = PARENT
+        parent = VQ_PARENT if settings["codes"]["dtype"] == "int64" else PARENT
+        model.attach_parent(freeze(build_model(lookup(parent["name"])[0](**parent))))
+        settings = parent
     g = torch.Generator().manual_seed(1)
     if "num_points" in settings:
         x = torch.randn(6, settings["num_points"], 3, generator=g)

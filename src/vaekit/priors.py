@@ -4,6 +4,8 @@
 sec. 4; the ex-post density estimation of Ghosh et al. 2020), fitted by scikit-learn's EM and
 stored as plain tensors (weights, means, Cholesky factors), never pickled. `select_mixture`
 chooses its number of components and covariance type by held-out log-likelihood.
+`CodeTransformer`: an autoregressive prior over grids of discrete codes (a VQ-VAE's), a small causal
+transformer over raster order (the PixelCNN prior's role in van den Oord et al. 2017, sec. 3.2).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 from torch import Tensor, nn
 
@@ -135,3 +138,54 @@ def select_mixture(codes: Tensor, candidates: list[tuple[int, CovarianceType]], 
                        .score(held_out_codes)) for c in supported}
     best = max(scores, key=scores.__getitem__)
     return MixtureChoice(*best, held_out_log_likelihood=scores[best])
+
+
+class CodeTransformer(nn.Module):
+    """p(c) = prod_i p(c_i | c_<i) over a code grid in raster order: codes (B, H, W) -> logits (B, H*W, K).
+
+    Tokens are embedded with a learned position embedding and read by pre-norm transformer layers
+    with a causal mask; position i sees a start token and c_<i only.
+    """
+
+    def __init__(self, num_symbols: int, num_positions: int, *, width: int, layers: int, heads: int) -> None:
+        super().__init__()
+        self.num_symbols, self.num_positions = num_symbols, num_positions
+        self.embedding = nn.Embedding(num_symbols + 1, width)  # the last index is the start token
+        self.position = nn.Parameter(torch.zeros(1, num_positions, width))
+        # no biases: a key bias only shifts every score of a query (softmax ignores it), so its true gradient
+        # is 0 and Adam would step on rounding noise
+        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0, batch_first=True,
+                                           norm_first=True, bias=False)
+        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_symbols)
+        nn.init.normal_(self.position, std=0.02)
+
+    def forward(self, codes: Tensor) -> Tensor:
+        """Logits of every position given the codes before it: codes (B, ...) -> (B, P, K)."""
+        flat = codes.reshape(codes.shape[0], -1)  # (B, P)
+        start = flat.new_full((flat.shape[0], 1), self.num_symbols)
+        tokens = torch.cat([start, flat[:, :-1]], 1)  # (B, P): shifted right
+        causal = torch.triu(torch.full((self.num_positions, self.num_positions), float("-inf"),
+                                       device=codes.device), diagonal=1)
+        hidden = self.layers(self.embedding(tokens) + self.position, mask=causal, is_causal=True)
+        return self.head(self.norm(hidden))
+
+    def log_prob(self, codes: Tensor) -> Tensor:
+        """log p(c) in nats per grid: codes (B, ...) -> (B,)."""
+        logits = self(codes).float()
+        return -F.cross_entropy(logits.transpose(1, 2), codes.reshape(codes.shape[0], -1), reduction="none").sum(1)
+
+    @torch.no_grad()
+    def sample(self, num_samples: int, generator: torch.Generator | None = None, *, temperature: float = 1.0
+               ) -> Tensor:
+        """Codes (N, P) drawn position by position from softmax(logits / temperature)."""
+        device = self.position.device
+        codes = torch.zeros(num_samples, self.num_positions, dtype=torch.long, device=device)
+        for position in range(self.num_positions):
+            logits = self(codes)[:, position].float() / temperature  # (N, K); later positions are ignored
+            uniform = torch.rand(num_samples, 1, generator=generator,
+                                 device=generator.device if generator is not None else device).to(device)
+            cumulative = logits.softmax(-1).cumsum(-1)
+            codes[:, position] = (cumulative < uniform * cumulative[:, -1:]).sum(-1).clamp_max(self.num_symbols - 1)
+        return codes
