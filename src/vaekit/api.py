@@ -10,7 +10,7 @@ from vaekit.engine.checkpoint import load_tensor_file, read_state
 from vaekit.engine.runs import find_checkpoint, load
 from vaekit.engine.train import train as run_training
 
-__all__ = ["find_checkpoint", "info", "load", "train"]
+__all__ = ["compress", "decompress", "find_checkpoint", "info", "load", "train"]
 
 
 def train(
@@ -49,3 +49,39 @@ def info(path: str | Path) -> dict[str, Any]:
 
         summary["versions"] = json.loads(versions.read_text())
     return summary
+
+
+def compress(run_dir: str | Path, images: list[str | Path], out: str | Path) -> Path:
+    """Compress PNG files, folders of PNGs or .npy/.npz arrays with a code-prior run into one .vqz file."""
+    from vaekit.coding.vq_codec import VQCodec
+    from vaekit.data.images import read_images
+    from vaekit.io import atomic_write_bytes
+
+    codec = VQCodec(load(run_dir))
+    pixels = read_images([Path(p) for p in images], channels=codec.image_shape[0])
+    out = Path(out)
+    atomic_write_bytes(out, codec.compress(pixels))
+    return out
+
+
+def decompress(file: str | Path, run_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """The images of a .vqz file as PNGs out_dir/000000.png, ... (the run must be the one that wrote it)."""
+    import io
+
+    from PIL import Image
+
+    from vaekit.coding.vq_codec import VQCodec
+    from vaekit.errors import DataError
+    from vaekit.io import atomic_write_bytes
+
+    file = Path(file)
+    if not file.is_file():
+        raise DataError(f"{file}: no such file")
+    images = VQCodec(load(run_dir)).decompress(file.read_bytes(), source=str(file))  # (N, C, H, W) uint8
+    written = []
+    for index, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
+        buffer = io.BytesIO()
+        Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(buffer, format="PNG")
+        written.append(Path(out_dir) / f"{index:06d}.png")
+        atomic_write_bytes(written[-1], buffer.getvalue())
+    return written

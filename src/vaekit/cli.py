@@ -1,4 +1,4 @@
-"""`vaekit train | eval | sample | reconstruct | traverse | interpolate | info | models | presets`:
+"""`vaekit train | eval | sample | reconstruct | traverse | interpolate | compress | decompress | info | models | presets`:
 a thin skin over the Python API."""
 
 from __future__ import annotations
@@ -70,6 +70,19 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--num", type=int, default=16, help="test images used")
         sub.add_argument("--out", default=f"{name}.png")
         sub.set_defaults(handler=_pictures, picture=name)
+
+    compress = commands.add_parser("compress", help="compress images into a .vqz file with a code-prior run "
+                                                    "(a learned prior over a VQ-VAE's codes)")
+    compress.add_argument("run_dir", help="the code-prior run")
+    compress.add_argument("images", nargs="+", help="PNG files, folders of PNGs, or .npy/.npz arrays")
+    compress.add_argument("-o", "--out", required=True, help="the .vqz file to write")
+    compress.set_defaults(handler=_compress)
+
+    decompress = commands.add_parser("decompress", help="the images of a .vqz file as PNGs")
+    decompress.add_argument("file")
+    decompress.add_argument("--run", required=True, help="the code-prior run that wrote the file")
+    decompress.add_argument("-o", "--out", required=True, help="folder for the PNG files")
+    decompress.set_defaults(handler=_decompress)
 
     info = commands.add_parser("info", help="what a run directory or checkpoint holds")
     info.add_argument("path")
@@ -183,6 +196,22 @@ def _write_outputs(model: Any, made: Any, out: Path, *, nrow: int) -> None:
         from vaekit.viz import save_image_grid
 
         print(save_image_grid(made, out, nrow=nrow))
+
+
+def _compress(args: argparse.Namespace) -> int:
+    from vaekit.api import compress
+
+    out = compress(args.run_dir, args.images, args.out)
+    print(f"{out}: {out.stat().st_size} bytes")
+    return 0
+
+
+def _decompress(args: argparse.Namespace) -> int:
+    from vaekit.api import decompress
+
+    written = decompress(args.file, args.run, args.out)
+    print(f"{len(written)} images in {args.out}")
+    return 0
 
 
 def _info(args: argparse.Namespace) -> int:

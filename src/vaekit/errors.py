@@ -19,6 +19,10 @@ class CapabilityError(VaekitError):
     """A model was asked for something it does not declare it can do (sample, a Gaussian posterior, codes...)."""
 
 
+class CodecError(VaekitError):
+    """A compressed file is damaged, truncated, or was made with other models or settings."""
+
+
 class CheckpointError(VaekitError):
     """A checkpoint is corrupt, truncated or does not match the model it is loaded into."""
 

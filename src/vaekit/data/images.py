@@ -364,3 +364,29 @@ def _require_on_grid(x: Tensor, *, likelihood: str, num_bins: int, source: str) 
             f"grid k/{scale} (k = 0..{scale}), but {int(off.sum())} values are not "
             f"(e.g. {example:.6g}); set model.num_bins to the data's number of intensity levels"
         )
+
+
+def read_images(paths: list[Path], *, channels: int) -> Tensor:
+    """Images to compress, (N, C, H, W) float32 in [0, 1], from PNG files, folders of PNGs and .npy/.npz
+    arrays, in the order given; grey or RGB as `channels` asks; all of one size."""
+    parts: list[Tensor] = []
+    for path in paths:
+        if path.is_dir():
+            array = _read_png_folder(path)
+        elif path.suffix.lower() in (".npy", ".npz") and path.is_file():
+            train, test = _read_array_file(path)
+            array = train if test is None else np.concatenate([train, test])
+        elif path.is_file():
+            array = np.asarray(_open_png(path).convert("L" if channels == 1 else "RGB"))[None]
+        else:
+            raise DataError(f"{path}: no such file or folder")
+        images = _images_to_tensor(array, str(path))
+        if images.shape[1] != channels:
+            raise DataError(f"{path}: images with {images.shape[1]} channel(s); this model codes {channels}")
+        if parts and images.shape[2:] != parts[0].shape[2:]:
+            raise DataError(f"{path}: images of {images.shape[2]}x{images.shape[3]} pixels beside "
+                            f"{parts[0].shape[2]}x{parts[0].shape[3]}; one file holds images of one size")
+        parts.append(images)
+    if not parts:
+        raise DataError("no images given")
+    return torch.cat(parts)

@@ -1,0 +1,1 @@
+"""Compression with vaekit's models: the .vqz container and the VQ-VAE image codec."""

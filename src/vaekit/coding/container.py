@@ -1,0 +1,93 @@
+"""The .vqz container: a small header that turns damage into one clear error, then the payload.
+
+Layout (all integers unsigned LEB128 varints unless stated):
+  magic b"VQZ" | version (1 byte) | fingerprint (4 bytes: truncated SHA-256 of the models and coder
+  settings) | count | channels | height | width (the true image size) | payload length |
+  CRC-32 of the payload (4 bytes, little endian) | CRC-32 of the decoded code indices (4 bytes) | payload.
+The entropy coder itself cannot tell a damaged stream from a good one (constriction decodes any
+bits), so the lengths, both CRCs and an empty coder after the last symbol are what catch a
+truncated file, flipped bits or another model.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+from vaekit.errors import CodecError
+
+MAGIC = b"VQZ"
+VERSION = 1
+
+
+def encode_varint(value: int) -> bytes:
+    """Unsigned LEB128: 7 bits per byte, the high bit set on every byte but the last."""
+    if value < 0:
+        raise ValueError(f"varints are unsigned, got {value}")
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def decode_varint(data: bytes, offset: int) -> tuple[int, int]:
+    """(value, next offset) of the varint at `offset`; CodecError if the data ends inside it."""
+    value = shift = 0
+    while True:
+        if offset >= len(data) or shift > 63:
+            raise CodecError("the file is truncated or damaged (a header number runs past its end)")
+        byte = data[offset]
+        offset += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, offset
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a .vqz file says about itself."""
+
+    fingerprint: bytes  # 4 bytes
+    count: int  # images
+    channels: int
+    height: int  # true size, before padding to the code grid's stride
+    width: int
+    codes_crc: int  # CRC-32 of the decoded code indices (int32 little endian, image by image, raster order)
+
+
+def pack(header: Header, payload: bytes) -> bytes:
+    """The whole file: header then payload."""
+    numbers = b"".join(encode_varint(v) for v in (header.count, header.channels, header.height, header.width,
+                                                      len(payload)))
+    return (MAGIC + bytes([VERSION]) + header.fingerprint + numbers
+            + struct.pack("<II", zlib.crc32(payload), header.codes_crc) + payload)
+
+
+def unpack(data: bytes, source: str = "file") -> tuple[Header, bytes]:
+    """(header, payload) of a .vqz file, after checking magic, version, length and the payload's CRC."""
+    if data[:3] != MAGIC:
+        raise CodecError(f"{source} is not a .vqz file (it does not start with {MAGIC!r})")
+    if len(data) < 8:
+        raise CodecError(f"{source} is truncated (no complete header)")
+    if data[3] != VERSION:
+        raise CodecError(f"{source} has format version {data[3]}; this vaekit reads version {VERSION}")
+    fingerprint, offset = data[4:8], 8
+    numbers = []
+    for _ in range(5):
+        value, offset = decode_varint(data, offset)
+        numbers.append(value)
+    count, channels, height, width, length = numbers
+    if offset + 8 > len(data):
+        raise CodecError(f"{source} is truncated (the header's checksums are missing)")
+    payload_crc, codes_crc = struct.unpack("<II", data[offset:offset + 8])
+    payload = data[offset + 8:]
+    if len(payload) != length:
+        raise CodecError(f"{source} is truncated or damaged: its payload holds {len(payload)} bytes, "
+                         f"the header says {length}")
+    if zlib.crc32(payload) != payload_crc:
+        raise CodecError(f"{source} is damaged: the payload's CRC-32 does not match the header")
+    return Header(fingerprint, count, channels, height, width, codes_crc), payload

@@ -1,0 +1,133 @@
+"""The VQ-VAE image codec: bit-exact round trips, independence of the images in a file, padding, and one
+clear error for every kind of damaged or foreign file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+
+import vaekit
+from vaekit.cli import main
+from vaekit.coding.container import decode_varint, encode_varint
+from vaekit.coding.vq_codec import VQCodec
+from vaekit.config import load_config
+from vaekit.data import load_data
+from vaekit.errors import CapabilityError, CodecError, DataError
+
+VQ = ("model={name: vqvae, channels: 16, downsamples: 1, residual_cells: 1, num_codes: 16, code_dim: 4}")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny VQ-VAE on the digits (4x4 codes of 16 symbols) and two priors over its codes."""
+    out = tmp_path_factory.mktemp("codec")
+    vq = vaekit.train(tiny_config(out, "data.binarize=none", VQ, "train.steps=200", "train.batch_size=64",
+                                  "train.lr=0.003", "train.eval_every=200", "train.checkpoint_every=200", name="vq"),
+                      quiet=True)
+    priors = []
+    for name, steps in (("prior", 300), ("other-prior", 20)):
+        config = load_config("digits-code-prior", [f"out_dir={out}", f"name={name}", f"parent={vq}", "model.width=32",
+                                                   f"train.steps={steps}", f"train.eval_every={steps}",
+                                                   f"train.checkpoint_every={steps}", "eval.num_grid_images=4"])
+        priors.append(vaekit.train(config, quiet=True))
+    return vq, *priors
+
+
+@pytest.fixture(scope="module")
+def test_digits(runs):
+    return load_data(vaekit.load(runs[0]).run_config.data).test[:30]  # (30, 1, 8, 8) grey levels
+
+
+def test_varints_round_trip_and_are_short():
+    for value in (0, 1, 127, 128, 300, 2**32 + 5):
+        encoded = encode_varint(value)
+        assert decode_varint(encoded, 0) == (value, len(encoded))
+    assert len(encode_varint(127)) == 1 and len(encode_varint(128)) == 2
+
+
+def test_a_round_trip_gives_back_the_codes_exactly_and_their_decoded_images(runs, test_digits):
+    codec = VQCodec(vaekit.load(runs[1]))
+    data = codec.compress(test_digits)
+    _, codes = codec.decode_codes(data)
+    with torch.inference_mode():
+        expected = codec.vq.latent_codes(test_digits)
+        assert torch.equal(codes, expected)
+        images = codec.decompress(data)
+        reference = (codec.vq.decode_mean(expected) * 255).round().to(torch.uint8)
+    assert torch.equal(images, reference) and images.dtype == torch.uint8
+    uniform_bytes = 30 * 16 * 4 / 8  # 16 codes of 4 bits per image, without a prior
+    assert len(data) < 0.9 * uniform_bytes + 20  # the prior saves bits; the header is ~20 bytes
+
+
+def test_each_image_of_a_set_decodes_as_if_compressed_alone(runs, test_digits):
+    codec = VQCodec(vaekit.load(runs[1]))
+    together = codec.decompress(codec.compress(test_digits))
+    for index in (0, 17, 29):
+        alone = codec.decompress(codec.compress(test_digits[index : index + 1]))
+        assert torch.equal(alone[0], together[index])
+
+
+def test_images_smaller_than_the_model_are_padded_and_cropped_back(runs, test_digits):
+    codec = VQCodec(vaekit.load(runs[1]))
+    small = test_digits[:4, :, :7, :6]
+    images = codec.decompress(codec.compress(small))
+    assert images.shape == (4, 1, 7, 6)
+    with pytest.raises(DataError, match="larger than"):
+        codec.compress(torch.zeros(1, 1, 9, 8))
+    with pytest.raises(DataError, match="channel"):
+        codec.compress(torch.zeros(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "magic", "header_cut", "extra"])
+def test_a_damaged_file_is_one_clear_error_never_images(runs, test_digits, damage):
+    codec = VQCodec(vaekit.load(runs[1]))
+    data = bytearray(codec.compress(test_digits[:5]))
+    if damage == "truncated":
+        data = data[:-3]
+    elif damage == "flipped":
+        data[-2] ^= 0x10
+    elif damage == "magic":
+        data[0:3] = b"PNG"
+    elif damage == "header_cut":
+        data = data[:9]
+    else:
+        data += b"\x00"
+    with pytest.raises(CodecError):
+        codec.decompress(bytes(data))
+
+
+def test_a_file_from_another_model_is_refused(runs, test_digits):
+    data = VQCodec(vaekit.load(runs[1])).compress(test_digits[:3])
+    with pytest.raises(CodecError, match="other models"):
+        VQCodec(vaekit.load(runs[2])).decompress(data)
+
+
+def test_only_a_code_prior_run_compresses(runs):
+    with pytest.raises(CapabilityError, match="code-prior"):
+        VQCodec(vaekit.load(runs[0]))
+
+
+def test_the_cli_compresses_a_folder_and_an_array_and_decompresses_to_pngs(runs, test_digits, tmp_path, capsys):
+    from PIL import Image
+
+    pixels = (test_digits[:6, 0].numpy() * 255).round().astype(np.uint8)
+    np.save(tmp_path / "digits.npy", pixels)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for index, image in enumerate(pixels[:2]):
+        Image.fromarray(image).save(folder / f"{index}.png")
+    out = tmp_path / "digits.vqz"
+    assert main(["compress", str(runs[1]), str(tmp_path / "digits.npy"), str(folder), "-o", str(out)]) == 0
+    assert main(["decompress", str(out), "--run", str(runs[1]), "-o", str(tmp_path / "back")]) == 0
+    back = sorted((tmp_path / "back").glob("*.png"))
+    assert len(back) == 8
+    with Image.open(back[6]) as image:
+        assert image.size == (8, 8) and image.mode == "L"
+    out.write_bytes(out.read_bytes()[:-1])
+    capsys.readouterr()
+    assert main(["decompress", str(out), "--run", str(runs[1]), "-o", str(tmp_path / "again")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vaekit: error:") and "truncated" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "again").exists()
