@@ -105,3 +105,20 @@ def test_global_batch_norm_on_one_process_is_torchs_batch_norm():
         torch.testing.assert_close(getattr(ours, name), getattr(reference, name))
     ours.eval(), reference.eval()
     torch.testing.assert_close(ours(x), reference(x))
+
+
+def test_an_update_with_a_non_finite_gradient_is_skipped_and_training_goes_on(tmp_path, monkeypatch):
+    original = ToyCodebook.loss
+
+    def nan_at_step_2(self, batch, *, group="model", step=0):
+        losses = original(self, batch, group=group, step=step)
+        if step == 2 and self.training:
+            return type(losses)(total=losses.total * float("nan"), terms=losses.terms)
+        return losses
+
+    monkeypatch.setattr(ToyCodebook, "loss", nan_at_step_2)
+    run_dir = vaekit.train(_toy_config(tmp_path, "train.skip_grad_norm=1e6"), quiet=True)  # no TrainingDivergedError
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in records if r["split"] == "train"]
+    assert [r["skipped_steps"] for r in train] == [1, 1]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in train)  # the skipped update is not in the means

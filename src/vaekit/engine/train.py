@@ -295,8 +295,9 @@ class Trainer:
             for group in self.model.updates(step):
                 losses, applied = self._update(model, group, batch, step)
                 skipped |= not applied
-                if applied:  # a skipped update's loss may be non-finite: that is why it was skipped
-                    nonfinite |= ~torch.isfinite(losses.total.detach())
+                if not applied:  # its loss may be non-finite (that is why it was skipped): not logged
+                    continue
+                nonfinite |= ~torch.isfinite(losses.total.detach())
                 prefix = "" if len(self.optimizers) == 1 else f"{group}/"
                 for name, value in {**losses.terms, "loss": losses.total}.items():
                     key = prefix + name
