@@ -23,10 +23,16 @@ from pydantic import (
 from vaekit.errors import ConfigError
 
 
+PositiveInt = Annotated[int, Field(ge=1)]
+Sizes = tuple[PositiveInt, ...]  # layer widths, channels, shapes: every entry at least 1
+Probability = Annotated[float, Field(ge=0, lt=1)]
+SEED_LIMIT = 2**63  # torch seeds are 64-bit
+
+
 class Section(BaseModel):
     """Base of every config section: frozen, unknown keys rejected."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -86,7 +92,7 @@ def model_config_class(name: str) -> type[ModelConfig]:
 class CodeSpec(Section):
     """What a parent run's codes are, so a child run over them is rebuilt from its config alone."""
 
-    shape: tuple[int, ...]  # per example: (k,) flat codes, or e.g. (H, W) a grid of code indices
+    shape: Sizes  # per example: (k,) flat codes, or e.g. (H, W) a grid of code indices
     dtype: Literal["float32", "int64"]  # continuous codes, or discrete symbols
     num_symbols: int | None = Field(None, ge=2)  # discrete codes: symbols 0..num_symbols-1; None if continuous
 
@@ -110,22 +116,22 @@ class TrainConfig(Section):
     batch_size: int = Field(128, ge=1)  # global batch, split evenly across processes
     optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = Field(1e-3, gt=0)  # peak learning rate of every group unless overridden
-    group_lr: dict[str, float] = {}  # per parameter-group learning rates (e.g. discriminator)
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
-    weight_decay: float = 0.0  # AdamW decoupled weight decay (Adam: L2)
+    group_lr: dict[str, Annotated[float, Field(ge=0)]] = {}  # per-group learning rates (0 freezes a group)
+    betas: tuple[Probability, Probability] = (0.9, 0.999)  # Adam betas, each in [0, 1)
+    weight_decay: float = Field(0.0, ge=0)  # AdamW decoupled weight decay (Adam: L2)
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"  # decay after warm-up
-    lr_warmup_steps: int = 0  # linear learning-rate warm-up
-    grad_clip: float | None = None  # max global gradient norm per group; None = off
+    lr_warmup_steps: int = Field(0, ge=0)  # linear learning-rate warm-up
+    grad_clip: float | None = Field(None, gt=0)  # max global gradient norm per group; None = off
     skip_grad_norm: float | None = Field(None, gt=0)  # skip an update whose gradient norm is above this or non-finite
-    ema_decay: float | None = None  # keep an EMA of weights (used for eval/sampling); None = off
+    ema_decay: float | None = Field(None, gt=0, lt=1)  # keep an EMA of weights (used for eval/sampling); None = off
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; math stays fp32
-    device: str = "auto"  # auto = cuda if available else cpu; or cpu, cuda, cuda:1
-    seed: int = 0  # initialisation, data order and every per-step draw
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")  # auto = cuda if available, else cpu
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT)  # initialisation, data order and every per-step draw
     log_every: int = Field(50, ge=1)  # metrics.jsonl / TensorBoard / NaN check period
     eval_every: int = Field(1000, ge=1)  # test-split evaluation and image grids period
     checkpoint_every: int = Field(1000, ge=1)  # checkpoint period (also at the end)
     keep_checkpoints: int = Field(2, ge=1)  # most recent checkpoints kept on disk
-    num_threads: int | None = None  # torch intra-op threads; None = torch's default
+    num_threads: int | None = Field(None, ge=1)  # torch intra-op threads; None = torch's default
 
 
 class EvalConfig(Section):
@@ -133,11 +139,11 @@ class EvalConfig(Section):
 
     num_importance_samples: int = Field(1000, ge=1)  # K of the importance-sampled log p(x)
     extra_importance_samples: tuple[Annotated[int, Field(ge=1)], ...] = ()  # also nll_kK at these K (convergence)
-    num_images: int | None = 1000  # first N test images scored; None = all
+    num_images: int | None = Field(1000, ge=1)  # first N test images scored; None = all
     samples_per_chunk: int = Field(100, ge=1)  # importance samples decoded at once (memory)
     images_per_chunk: int = Field(100, ge=1)  # test images per chunk
     active_unit_threshold: float = 0.01  # Burda et al. 2016: Cov_x(E_q[z_j]) > threshold
-    seed: int = 1234  # importance-sampling draws
+    seed: int = Field(1234, ge=0, lt=SEED_LIMIT)  # importance-sampling draws
     num_grid_images: int = Field(64, ge=1)  # samples / reconstructions per PNG grid
     sample_temperatures: tuple[Annotated[float, Field(gt=0)], ...] = Field((1.0,), min_length=1)  # a grid each
     sample_quality_samples: int = Field(0, ge=0)  # Fashion-MNIST: FD/KID of this many samples (10000); 0 = off
@@ -171,8 +177,8 @@ class RunConfig(Section):
         """Validate `model` with the config class registered under its `name`."""
         if isinstance(value, ModelConfig):
             return value
-        if not isinstance(value, dict) or "name" not in value:
-            raise ValueError("model must be a mapping with a `name` (see `vaekit models`)")
+        if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+            raise ValueError("model must be a mapping with a `name` string (see `vaekit models`)")
         return model_config_class(value["name"]).model_validate(value)
 
 

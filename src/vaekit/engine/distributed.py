@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from vaekit.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -36,6 +38,11 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
+    if device.type == "cuda" and (not torch.cuda.is_available() or device.index >= torch.cuda.device_count()):
+        raise ConfigError(f"train.device={name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                          "use train.device=cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device={name}: MPS is not available here; use train.device=cpu or auto")
     return device
 
 

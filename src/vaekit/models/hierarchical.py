@@ -29,7 +29,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from vaekit.batch import Batch
-from vaekit.config import ModelConfig
+from vaekit.config import ModelConfig, Sizes
 from vaekit.distributions import DiagonalGaussian, at_least_fp32, kl_divergence, sum_except_batch
 from vaekit.errors import ConfigError
 from vaekit.likelihoods import ImageDistribution, ImageLikelihood, LikelihoodName
@@ -47,7 +47,7 @@ class HierarchicalVAEConfig(ModelConfig):
     image_shape: tuple[int, int, int] | None = None  # (C, H, W); None = taken from the data
     channels: int = Field(32, ge=1)  # width of the bottom-up and top-down towers
     downsamples: int = Field(1, ge=0)  # stride-2 steps from the image to the finest latent scale
-    groups_per_scale: tuple[int, ...] = Field((2, 2), min_length=1)  # groups per scale, coarsest first; x2 finer each
+    groups_per_scale: Sizes = Field((2, 2), min_length=1)  # groups per scale, coarsest first; x2 finer each
     latent_channels: int = Field(4, ge=1)  # channels of each group's z_l map
     cells_per_group: int = Field(1, ge=0)  # residual cells per group in each tower
     squeeze_excitation: bool = True  # SE gates in the residual cells

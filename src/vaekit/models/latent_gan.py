@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from vaekit.batch import Batch
-from vaekit.config import TwoStageConfig
+from vaekit.config import Sizes, TwoStageConfig
 from vaekit.models.base import LatentSpaceModel, Losses
 from vaekit.models.registry import register_model
 from vaekit.nn.image_nets import mlp
@@ -30,8 +30,8 @@ class LatentGANConfig(TwoStageConfig):
     loss: Literal["gan", "wgan-gp"] = "gan"
     noise_dim: int = Field(128, ge=1)  # generator input
     noise_std: float = Field(0.2, gt=0)  # generator input ~ N(0, noise_std^2 I), as in the authors' code
-    generator_hidden_dims: tuple[int, ...] = (128,)  # the paper's l-GAN generator: [128, k]
-    discriminator_hidden_dims: tuple[int, ...] = (256, 512)  # the paper's l-GAN discriminator: [256, 512, 1]
+    generator_hidden_dims: Sizes = (128,)  # the paper's l-GAN generator: [128, k]
+    discriminator_hidden_dims: Sizes = (256, 512)  # the paper's l-GAN discriminator: [256, 512, 1]
     gradient_penalty: float = Field(10.0, ge=0)  # wgan-gp: lambda
     critic_updates: int = Field(5, ge=1)  # wgan-gp: critic steps per generator step
 

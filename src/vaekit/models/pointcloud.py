@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import Tensor
 
 from vaekit.batch import Batch
-from vaekit.config import CodeSpec, ModelConfig
+from vaekit.config import CodeSpec, ModelConfig, Sizes
 from vaekit.divergences import chamfer_distance
 from vaekit.emd import matched_emd, random_directions, sliced_wasserstein
 from vaekit.errors import ConfigError
@@ -29,8 +29,8 @@ class PointCloudAEConfig(ModelConfig):
     name: Literal["pointcloud-ae"] = "pointcloud-ae"
     num_points: int | None = None  # points per cloud; None = taken from the data
     latent_dim: int = Field(128, ge=1)  # k, the bottleneck
-    encoder_channels: tuple[int, ...] = (64, 128, 128, 256)  # per-point layers before the k-wide one
-    decoder_hidden_dims: tuple[int, ...] = (256, 256)
+    encoder_channels: Sizes = (64, 128, 128, 256)  # per-point layers before the k-wide one
+    decoder_hidden_dims: Sizes = (256, 256)
     loss: Literal["chamfer", "emd", "sliced"] = "chamfer"  # reconstruction distance
     emd_solver: Literal["exact", "auction"] = "exact"  # matching behind the EMD loss (vaekit.emd.matched_emd)
     emd_epsilon: float = Field(1e-3, gt=0)  # the auction's accuracy, in distance units per point

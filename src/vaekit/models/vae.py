@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import Tensor
 
 from vaekit.batch import Batch
-from vaekit.config import CodeSpec, ModelConfig
+from vaekit.config import CodeSpec, ModelConfig, Sizes
 from vaekit.distributions import DiagonalGaussian, at_least_fp32, kl_divergence, sum_except_batch
 from vaekit.likelihoods import ImageDistribution, ImageLikelihood, LikelihoodName
 from vaekit.models.base import Capability, GenerativeModel, Losses
@@ -34,8 +34,8 @@ class VAEConfig(ModelConfig):
     image_shape: tuple[int, int, int] | None = None  # (C, H, W); None = taken from the data
     latent_dim: int = Field(16, ge=1)  # dimension of z
     architecture: Literal["mlp", "conv"] = "mlp"  # encoder/decoder family
-    hidden_dims: tuple[int, ...] = (512, 256)  # mlp widths / conv: dense widths after the convs
-    conv_channels: tuple[int, ...] = (32, 64)  # conv: channels of the stride-2 layers
+    hidden_dims: Sizes = (512, 256)  # mlp widths / conv: dense widths after the convs
+    conv_channels: Sizes = (32, 64)  # conv: channels of the stride-2 layers
     activation: Activation = "silu"
     likelihood: LikelihoodName = "bernoulli"  # p(x|z)
     num_bins: int = Field(256, ge=2)  # logistic likelihoods: intensity levels of the data

@@ -18,7 +18,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from vaekit.batch import Batch
-from vaekit.config import CodeSpec, ModelConfig
+from vaekit.config import CodeSpec, ModelConfig, Sizes
 from vaekit.distributions import DiagonalGaussian
 from vaekit.divergences import mmd_unbiased
 from vaekit.models.base import Capability, GenerativeModel, Losses
@@ -38,8 +38,8 @@ class WAEConfig(ModelConfig):
     image_shape: tuple[int, int, int] | None = None  # (C, H, W); None = taken from the data
     latent_dim: int = Field(8, ge=1)  # d_z
     architecture: Literal["mlp", "conv"] = "conv"
-    hidden_dims: tuple[int, ...] = (512,)  # mlp widths / conv: dense widths after the convs
-    conv_channels: tuple[int, ...] = (32, 64)
+    hidden_dims: Sizes = (512,)  # mlp widths / conv: dense widths after the convs
+    conv_channels: Sizes = (32, 64)
     activation: Activation = "relu"
     encoder: Literal["deterministic", "gaussian"] = "deterministic"  # Q(z|x)
     prior_std: float = Field(1.0, gt=0)  # sigma_p of P_Z = N(0, sigma_p^2 I)
@@ -60,7 +60,7 @@ class WAEGANConfig(WAEConfig):
 
     name: Literal["wae-gan"] = "wae-gan"
     penalty_weight: float = Field(1.0, ge=0)  # the paper's MNIST lambda for WAE-GAN
-    discriminator_hidden_dims: tuple[int, ...] = (512, 512, 512, 512)  # the paper's MNIST adversary
+    discriminator_hidden_dims: Sizes = (512, 512, 512, 512)  # the paper's MNIST adversary
 
 
 class WAE(GenerativeModel):

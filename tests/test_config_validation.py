@@ -1,0 +1,42 @@
+"""Config values that torch would reject late (or accept silently) are refused at load with one message."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import tiny_config
+
+from vaekit.engine.distributed import resolve_device
+from vaekit.errors import ConfigError
+
+
+@pytest.mark.parametrize("override,key", [
+    ("train.betas=[2, 2]", "train.betas"),
+    ("train.weight_decay=-1", "train.weight_decay"),
+    ("train.device=tpu", "train.device"),
+    ("train.num_threads=0", "train.num_threads"),
+    ("train.seed=1e20", "train.seed"),
+    ("train.seed=-1", "train.seed"),
+    ("train.ema_decay=2", "train.ema_decay"),
+    ("train.ema_decay=.nan", "train.ema_decay"),
+    ("train.grad_clip=-1", "train.grad_clip"),
+    ("train.lr=.inf", "train.lr"),
+    ("train.lr_warmup_steps=-5", "train.lr_warmup_steps"),
+    ("train.group_lr={model: -0.1}", "train.group_lr"),
+    ("eval.num_images=0", "eval.num_images"),
+    ("eval.num_images=-1", "eval.num_images"),
+    ("model.hidden_dims=[-1]", "model.hidden_dims"),
+    ("model.hidden_dims=[0]", "model.hidden_dims"),
+    ("model.name=[1]", "model"),
+])
+def test_a_bad_value_is_refused_naming_its_key(tmp_path, override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        tiny_config(tmp_path, override)
+
+
+def test_a_device_this_machine_does_not_have_is_one_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="CUDA device"):
+        resolve_device("cuda")
