@@ -22,7 +22,6 @@ from pydantic import (
 
 from vaekit.errors import ConfigError
 
-
 PositiveInt = Annotated[int, Field(ge=1)]
 Sizes = tuple[PositiveInt, ...]  # layer widths, channels, shapes: every entry at least 1
 Probability = Annotated[float, Field(ge=0, lt=1)]
@@ -178,7 +177,7 @@ class RunConfig(Section):
         if isinstance(value, ModelConfig):
             return value
         if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-            raise ValueError("model must be a mapping with a `name` string (see `vaekit models`)")
+            raise ValueError("model must be a mapping with a `name` string (see `vaekit models`)")  # noqa: TRY004 (pydantic reports ValueError)
         return model_config_class(value["name"]).model_validate(value)
 
 
