@@ -65,7 +65,9 @@ class PointCloudAE(GenerativeModel):
 
     def loss(self, batch: Batch, *, group: str = "model", step: int = 0) -> Losses:
         """Chamfer distance, EMD or sliced W1 between each cloud and its reconstruction, averaged over the batch."""
-        codes = self.encoder(batch.x, sum_over_processes=batch.all_reduce)  # (B, k), global batch statistics
+        # batch-norm statistics over the global batch; on one process torch's fused batch norm
+        reducer = batch.all_reduce if batch.world_size > 1 else None
+        codes = self.encoder(batch.x, sum_over_processes=reducer)  # (B, k)
         reconstruction = self.decoder(codes).float()  # (B, P, 3)
         if self.config.loss == "sliced":  # fresh directions each step, the same on every process
             directions = random_directions(self.config.sliced_directions, batch.x.shape[2], generator=batch.generator)
