@@ -20,7 +20,8 @@ rerun, and the EMD search resumes from its state file):
                 forward + backward seconds per pair and relative error against the exact EMD of
                 the exact matching, the auction (epsilon 1e-3) and the sliced W1 (128 directions).
   per_category  the paper's tables on the procedural data: one AE (preset pointcloud-ae, all five
-                categories, 200 shapes each, --ae-steps steps), then per category an l-GMM, an l-GAN (the
+                categories, 200 shapes each, --ae-steps steps), then per category an l-GMM (4 full-covariance
+                components, fixed), an l-GAN (the
                 paper's GAN loss, 5000 steps) and an l-WGAN (WGAN-GP, 2000 steps) on that category's
                 codes (two-stage runs); per category the AE's test reconstruction CD and
                 exact EMD, the linear-SVM accuracy, and for each generator JSD, MMD-CD, COV-CD and
@@ -276,7 +277,8 @@ def run_per_category(args: argparse.Namespace, section: dict[str, Any], save_par
     start = time.perf_counter()
     section.setdefault("settings", {"ae_steps": args.ae_steps, "generators": args.generators,
                                     "per_category_emd": args.per_category_emd, "threads": torch.get_num_threads(),
-                                    "emd_workers": args.emd_workers, "vaekit": vaekit.__version__})
+                                    "emd_workers": args.emd_workers, "vaekit": vaekit.__version__,
+                                    "vaekit_package": str(Path(vaekit.__file__).parent)})
     calls = section.setdefault("calls", [])  # wall time and load average of every call (a resumed run has several)
     calls.append({"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_start": os.getloadavg()})
     train_once(["pointcloud-ae", f"out_dir={runs}", "name=ae", "data.shapes_per_category=200", "train.seed=0",
@@ -305,7 +307,8 @@ def category_scores(args: argparse.Namespace, runs: Path, ae_dir: Path, category
         scores["ae"] = reconstruction_scores(vaekit.load(ae_dir), reference, 50, emd=True)  # (inference mode inside)
         save()
     generators = {
-        "l-gmm": ["pointcloud-latent-gmm", "model.num_components=4"],
+        # fixed, not selected by held-out likelihood: 4 full-covariance components (~40 codes each)
+        "l-gmm": ["pointcloud-latent-gmm", "model.num_components=4", "model.covariance_type=full"],
         "l-gan": ["pointcloud-latent-gan", "train.steps=5000", "train.eval_every=5000", "train.checkpoint_every=5000"],
         "l-wgan": ["pointcloud-latent-gan", "model.loss=wgan-gp", "train.steps=2000", "train.eval_every=2000",
                    "train.checkpoint_every=2000"],

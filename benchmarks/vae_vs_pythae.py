@@ -1,7 +1,7 @@
 """vaekit against pythae 0.1.2 on dynamically binarised Fashion-MNIST, both in one process.
 
 Runs in the benchmark's own environment (benchmarks/.venv-ref: pythae 0.1.2 plus vaekit installed
-with --no-deps, see requirements-ref.txt). Data loading, pythae's model, its training step, its
+editable, see requirements-ref.txt). Data loading, pythae's model, its training step, its
 `get_nll` and the checkpoint helpers come from pythae_vae.py beside this file. Writes JSON to
 --out after every unit of work (a timing round, a chunk of NLL images, an evaluation or checkpoint
 of a training run); --resume continues from that JSON and the checkpoints under --work-dir.

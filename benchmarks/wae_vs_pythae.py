@@ -3,7 +3,7 @@
     benchmarks/.venv-ref/bin/python benchmarks/wae_vs_pythae.py --epochs 1
 
 Runs in the benchmark's own environment (benchmarks/.venv-ref: pythae 0.1.2 plus vaekit installed
-with --no-deps). Both sides train pythae's Encoder_Conv_AE_MNIST / Decoder_Conv_AE_MNIST (latent 16,
+editable). Both sides train pythae's Encoder_Conv_AE_MNIST / Decoder_Conv_AE_MNIST (latent 16,
 the same initial weights) with the paper's objective: cost 0.05 * ||x - G(z)||^2 summed over pixels
 plus lambda = 10 times the unbiased IMQ MMD (scales 0.1..10 times 2 d_z sigma_p^2, sigma_p = 1),
 Adam 1e-3, batch 100, fp32, --epochs passes over the 60,000 training images.
