@@ -57,6 +57,7 @@ from vaekit.emd import (
     random_directions,
     sliced_wasserstein,
 )
+from vaekit.errors import VaekitError
 from vaekit.evaluation import evaluate
 from vaekit.io import atomic_write_json
 from vaekit.metrics.emd_search import emd_set_metrics
@@ -265,7 +266,7 @@ def train_once(overrides: list[str], run_dir: Path, quiet: bool) -> Path:
         try:
             vaekit.load(run_dir)
             return run_dir
-        except Exception as error:  # CheckpointError (parent changed, weights of another layout), ConfigError
+        except VaekitError as error:  # CheckpointError (parent changed, weights of another layout), ConfigError
             print(f"{run_dir}: not reused ({type(error).__name__}: {error}); training it again", flush=True)
     shutil.rmtree(run_dir, ignore_errors=True)
     return vaekit.train(config, quiet=quiet)
