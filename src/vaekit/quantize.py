@@ -64,6 +64,13 @@ def laplace_smoothed(cluster_size: Tensor, eps: float) -> Tensor:
     return (cluster_size + eps) / (total + cluster_size.numel() * eps) * total
 
 
+def assignment_statistics(vectors: Tensor, indices: Tensor, num_codes: int) -> tuple[Tensor, Tensor]:
+    """Per code: how many vectors chose it (K,) and their sum (K, D), without an N x K one-hot matrix."""
+    counts = torch.bincount(indices, minlength=num_codes).to(vectors.dtype)
+    sums = vectors.new_zeros(num_codes, vectors.shape[1]).index_add_(0, indices, vectors)
+    return counts, sums
+
+
 def kmeans(vectors: Tensor, num_codes: int, *, iterations: int, generator: torch.Generator | None) -> Tensor:
     """Lloyd's k-means of vectors (N, D) into num_codes centres (K, D), started at random rows.
 
@@ -73,9 +80,7 @@ def kmeans(vectors: Tensor, num_codes: int, *, iterations: int, generator: torch
     picks = torch.randint(len(vectors), (num_codes,), generator=generator, device=device).to(vectors.device)
     centres = vectors[picks].clone()
     for _ in range(iterations):
-        assigned = F.one_hot(nearest_codes(vectors, centres), num_codes).to(vectors.dtype)  # (N, K)
-        counts = assigned.sum(0)  # (K,)
-        sums = assigned.T @ vectors  # (K, D)
+        counts, sums = assignment_statistics(vectors, nearest_codes(vectors, centres), num_codes)
         centres = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1.0)[:, None], centres)
     return centres
 
@@ -144,12 +149,12 @@ class VectorQuantizer(nn.Module):
             self._set_codebook(kmeans(global_vectors, self.num_codes, iterations=self.kmeans_iterations,
                                       generator=batch.generator))
             self.initialised.fill_(True)
-        assigned = F.one_hot(nearest_codes(vectors, self.codebook), self.num_codes).float()  # (N, K)
-        counts = batch.all_reduce(assigned.sum(0))  # (K,) over the global batch
+        local_counts, local_sums = assignment_statistics(vectors, nearest_codes(vectors, self.codebook), self.num_codes)
+        counts = batch.all_reduce(local_counts)  # (K,) over the global batch
         self.usage.lerp_(counts / counts.sum().clamp_min(1.0), 1.0 - self.decay)
         if self.ema:
             self.cluster_size.lerp_(counts, 1.0 - self.decay)
-            self.embed_sum.lerp_(batch.all_reduce(assigned.T @ vectors), 1.0 - self.decay)
+            self.embed_sum.lerp_(batch.all_reduce(local_sums), 1.0 - self.decay)
             self.codebook.copy_(self.embed_sum / laplace_smoothed(self.cluster_size, self.eps)[:, None])
         if self.restart_below > 0:
             self._restart_dead_codes(global_vectors, batch.generator)

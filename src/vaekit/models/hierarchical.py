@@ -80,6 +80,11 @@ def soft_clamp(x: Tensor, limit: float) -> Tensor:
     return limit * torch.tanh(x / limit)
 
 
+def group_kls(groups: list[GroupOutput]) -> Tensor:
+    """KL(q(z_l | z_<l, x) || p(z_l | z_<l)) of each group in closed form (eq. 2 for the residual normal): (B, L)."""
+    return torch.stack([sum_except_batch(kl_divergence(g.posterior, g.prior)) for g in groups], 1)
+
+
 # chooses z_l: (group index, prior, posterior or None) -> z_l
 DrawFn = Callable[[int, DiagonalGaussian, DiagonalGaussian | None], Tensor]
 
@@ -199,7 +204,7 @@ class HierarchicalVAE(GenerativeModel):
 
         likelihood, groups = self.top_down(x.shape[0], from_posterior, self.bottom_up(x))
         log_px_z = self.likelihood.log_likelihood(likelihood, x)  # (B,)
-        kl_per_group = torch.stack([sum_except_batch(kl_divergence(g.posterior, g.prior)) for g in groups], 1)  # (B, L)
+        kl_per_group = group_kls(groups)  # (B, L)
         weight = kl_weight(step, beta=self.config.beta, warmup_steps=self.config.kl_warmup_steps)
         penalty = kl_per_group
         if self.config.kl_balancing and weight < self.config.beta:  # NVAE balances during warm-up only
@@ -240,7 +245,7 @@ class HierarchicalVAE(GenerativeModel):
         _, groups = self.top_down(
             x.shape[0], lambda i, p, q: q.rsample(torch.randn(q.mean.shape, generator=generator, device=device)
                                                   .to(x.device)), self.bottom_up(x))
-        return torch.stack([sum_except_batch(kl_divergence(g.posterior, g.prior)) for g in groups], 1)
+        return group_kls(groups)
 
     def extra_scores(self, x: Tensor) -> dict[str, float | list[float]]:
         """KL per group (nats, test mean) and active groups (mean KL above 0.01 nats)."""
