@@ -83,8 +83,6 @@ def test_one_ema_update_matches_the_hand_computation():
     np.testing.assert_allclose(quantizer.cluster_size.numpy(), cluster_size, rtol=1e-6)
     np.testing.assert_allclose(quantizer.embed_sum.numpy(), embed_sum, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(quantizer.codebook.numpy(), embed_sum / smoothed[:, None], rtol=1e-5, atol=1e-6)
-    usage_shares = np.array([2.0, 1.0, 0.0]) / 3
-    np.testing.assert_allclose(quantizer.usage.numpy(), 0.9 / 3 + 0.1 * usage_shares, rtol=1e-6)
 
 
 def test_the_codebook_loss_moves_codes_and_the_commitment_moves_only_the_encoder():
@@ -123,14 +121,36 @@ def test_the_first_update_initialises_the_codebook_by_kmeans_of_the_batch():
     assert sorted(round(x) for x in quantizer.codebook[:, 0].tolist()) == [-5, 5]
 
 
-def test_a_dead_code_restarts_at_a_vector_of_the_batch_and_the_others_stay():
+def test_a_code_unused_for_more_than_restart_after_steps_restarts_at_a_vector_of_the_batch():
     codebook = torch.tensor([[0.0, 0.0], [100.0, 100.0]])  # code 1 is never chosen
-    quantizer = _quantizer(codebook, decay=0.5, restart_below=0.5)
-    g = torch.Generator().manual_seed(7)
-    vectors = 0.1 * torch.randn(20, 2, generator=g)
-    quantizer.update_buffers(vectors, Batch.of(vectors, generator=torch.Generator().manual_seed(0)))
-    assert quantizer.codebook[1].norm() > 100  # usage 1/2 -> 1/4: not yet below 0.5 x uniform
-    quantizer.update_buffers(vectors, Batch.of(vectors, generator=torch.Generator().manual_seed(1)))
-    assert (vectors - quantizer.codebook[1]).norm(dim=1).min() < 1e-6  # 1/8 < 1/4: restarted at a batch vector
-    assert quantizer.usage[1].item() == pytest.approx(0.5)
+    quantizer = _quantizer(codebook, decay=0.5, restart_after=2)
+    vectors = 0.1 * torch.randn(20, 2, generator=torch.Generator().manual_seed(7))
+    for step in (1, 2):
+        quantizer.update_buffers(vectors, Batch.of(vectors, generator=torch.Generator().manual_seed(step)), step=step)
+        assert quantizer.codebook[1].norm() > 100  # unused for 1, then 2 steps: not more than restart_after
+    quantizer.update_buffers(vectors, Batch.of(vectors, generator=torch.Generator().manual_seed(3)), step=3)
+    assert (vectors - quantizer.codebook[1]).norm(dim=1).min() < 1e-6  # 3 > 2: restarted at a batch vector
+    assert quantizer.last_used.tolist() == [3, 3]  # used at step 3 / restarted at step 3
     assert quantizer.codebook[0].norm() < 0.2  # code 0: still the EMA mean of the vectors near 0
+
+
+def test_after_kmeans_the_counts_are_the_clusters_and_an_empty_cluster_restarts_after_restart_after_steps():
+    vectors = torch.cat([torch.full((30, 2), -5.0), torch.full((10, 2), 5.0)])  # two distinct points only
+    quantizer = VectorQuantizer(3, 2, decay=0.99, restart_after=1)  # three codes for two points: one is empty
+    quantizer.update_buffers(vectors, Batch.of(vectors, generator=torch.Generator().manual_seed(2)), step=0)
+    assert sorted(quantizer.cluster_size.tolist()) == [0.0, 10.0, 30.0]
+    empty = quantizer.cluster_size == 0
+    quantizer.update_buffers(vectors, Batch.of(vectors, generator=torch.Generator().manual_seed(3)), step=1)
+    assert quantizer.last_used[empty].item() == 0  # one step unused is not more than restart_after=1
+    quantizer.update_buffers(vectors, Batch.of(vectors, generator=torch.Generator().manual_seed(4)), step=2)
+    assert quantizer.last_used[empty].item() == 2  # restarted, on a vector of the batch
+    assert torch.cdist(quantizer.codebook[empty], vectors).min() == 0
+
+
+def test_last_used_records_the_last_step_with_an_assignment():
+    codebook = torch.tensor([[0.0, 0.0], [10.0, 0.0], [99.0, 99.0]])
+    quantizer = _quantizer(codebook)
+    near_0, near_1 = torch.zeros(4, 2), torch.full((4, 2), 0.0) + torch.tensor([10.0, 0.0])
+    quantizer.update_buffers(torch.cat([near_0, near_1]), Batch.of(torch.zeros(8, 1)), step=3)
+    quantizer.update_buffers(near_0, Batch.of(torch.zeros(4, 1)), step=7)
+    assert quantizer.last_used.tolist() == [7, 3, 0]

@@ -104,11 +104,11 @@ class VectorQuantizer(nn.Module):
 
     def __init__(self, num_codes: int, code_dim: int, *, ema: bool = True, decay: float = 0.99, eps: float = 1e-5,
                  gradient: GradientMode = "straight_through", kmeans_iterations: int = 10,
-                 restart_below: float = 0.0) -> None:
+                 restart_after: int = 0) -> None:
         super().__init__()
         self.num_codes, self.code_dim = num_codes, code_dim
         self.ema, self.decay, self.eps, self.gradient = ema, decay, eps, gradient
-        self.kmeans_iterations, self.restart_below = kmeans_iterations, restart_below
+        self.kmeans_iterations, self.restart_after = kmeans_iterations, restart_after
         codebook = torch.empty(num_codes, code_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)  # (K, D)
         if ema:
             self.register_buffer("codebook", codebook)
@@ -116,7 +116,8 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("embed_sum", codebook.clone())  # (K, D) EMA of assigned vector sums
         else:
             self.codebook = nn.Parameter(codebook)
-        self.register_buffer("usage", torch.full((num_codes,), 1.0 / num_codes))  # (K,) EMA of usage shares
+        # (K,) the last step with an assignment in the global batch (or the code's (re)start)
+        self.register_buffer("last_used", torch.zeros(num_codes, dtype=torch.long))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))  # k-means done
 
     def forward(self, vectors: Tensor) -> Quantised:
@@ -133,39 +134,45 @@ class VectorQuantizer(nn.Module):
         return self.codebook[indices]
 
     @torch.no_grad()
-    def update_buffers(self, vectors: Tensor, batch: Batch) -> None:
+    def update_buffers(self, vectors: Tensor, batch: Batch, step: int = 0) -> None:
         """The post-step update from this process's encoder vectors (B, ..., D) of the step, B = batch rows
         (so that gathering keeps each example's vectors together, in the global batch's order).
 
-        First call: k-means initialisation on the global batch's vectors. Then, under EMA:
-        N_k <- g N_k + (1-g) n_k, m_k <- g m_k + (1-g) sum_{z_e -> k} z_e, e_k = m_k / smoothed N_k
-        (paper App. A.1, eqs. 6-8; Laplace smoothing as Sonnet). Codes whose usage share falls below
-        `restart_below` restart at random vectors of the global batch.
+        First call: k-means initialisation on the global batch's vectors (under EMA the counts set to
+        those of its clusters). Then, under EMA: N_k <- g N_k + (1-g) n_k, m_k <- g m_k + (1-g)
+        sum_{z_e -> k} z_e, e_k = m_k / smoothed N_k (paper App. A.1, eqs. 6-8; Laplace smoothing as
+        Sonnet). A code without an assignment in the global batch for more than `restart_after` steps
+        restarts at a random vector of the global batch (a dead code costs bits and buys nothing).
         """
         per_example = vectors.detach().float().reshape(vectors.shape[0], -1, self.code_dim)  # (B, P, D)
         vectors = per_example.reshape(-1, self.code_dim)  # (B*P, D)
         global_vectors = batch.all_gather(per_example).reshape(-1, self.code_dim)  # (W*B*P, D) in global order
-        if not bool(self.initialised):
+        first = not bool(self.initialised)
+        if first:
             self._set_codebook(kmeans(global_vectors, self.num_codes, iterations=self.kmeans_iterations,
                                       generator=batch.generator))
             self.initialised.fill_(True)
+            self.last_used.fill_(step)
         local_counts, local_sums = assignment_statistics(vectors, nearest_codes(vectors, self.codebook), self.num_codes)
         counts = batch.all_reduce(local_counts)  # (K,) over the global batch
-        self.usage.lerp_(counts / counts.sum().clamp_min(1.0), 1.0 - self.decay)
-        if self.ema:
+        self.last_used[counts > 0] = step
+        if self.ema and first:  # the counts of the k-means clusters; the centres stay as they are
+            self.cluster_size.copy_(counts)
+            self.embed_sum.copy_(self.codebook * laplace_smoothed(self.cluster_size, self.eps)[:, None])
+        elif self.ema:
             self.cluster_size.lerp_(counts, 1.0 - self.decay)
             self.embed_sum.lerp_(batch.all_reduce(local_sums), 1.0 - self.decay)
             self.codebook.copy_(self.embed_sum / laplace_smoothed(self.cluster_size, self.eps)[:, None])
-        if self.restart_below > 0:
-            self._restart_dead_codes(global_vectors, batch.generator)
+        if self.restart_after > 0:
+            self._restart_dead_codes(global_vectors, batch.generator, step)
 
-    def _restart_dead_codes(self, vectors: Tensor, generator: torch.Generator | None) -> None:
-        dead = self.usage < self.restart_below / self.num_codes  # usage share below restart_below x uniform
+    def _restart_dead_codes(self, vectors: Tensor, generator: torch.Generator | None, step: int) -> None:
+        dead = step - self.last_used > self.restart_after  # (K,) unused for more than restart_after steps
         if not bool(dead.any()):
             return
         device = generator.device if generator is not None else vectors.device
         picks = torch.randint(len(vectors), (self.num_codes,), generator=generator, device=device).to(vectors.device)
-        self.usage[dead] = 1.0 / self.num_codes
+        self.last_used[dead] = step  # another restart_after steps to be chosen
         if self.ema:
             self.cluster_size[dead] = self.cluster_size.sum() / self.num_codes
         self._set_codebook(torch.where(dead[:, None], vectors[picks], self.codebook.float()))

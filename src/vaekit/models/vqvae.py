@@ -40,7 +40,7 @@ class VQVAEConfig(ModelConfig):
     ema: bool = True  # codebook by EMA (App. A.1) instead of the codebook loss
     ema_decay: float = Field(0.99, gt=0, lt=1)  # gamma of the EMA
     gradient: GradientMode = "straight_through"  # or "rotation" (Fifty et al. 2025)
-    restart_below: float = Field(0.03, ge=0)  # restart a code whose usage share is below this x uniform; 0 = off
+    restart_after: int = Field(100, ge=0)  # restart a code unused (global batch) for more steps than this; 0 = off
     likelihood: LikelihoodName = "gaussian"  # p(x | z_q); gaussian with fixed std = scaled squared error
     gaussian_std: float | None = 0.1  # gaussian: fixed std
     num_bins: int = Field(256, ge=2)  # logistic likelihoods: intensity levels
@@ -79,7 +79,7 @@ class VQVAE(GenerativeModel):
         self.decoder = nn.Sequential(*up, nn.SiLU(),
                                      nn.Conv2d(ch, self.likelihood.num_params(in_channels), 3, padding=1))
         self.quantizer = VectorQuantizer(config.num_codes, config.code_dim, ema=config.ema, decay=config.ema_decay,
-                                         gradient=config.gradient, restart_below=config.restart_below)
+                                         gradient=config.gradient, restart_after=config.restart_after)
         self._step_vectors: Tensor | None = None  # this step's encoder vectors, for the post-step codebook update
 
     def _encode_vectors(self, x: Tensor) -> Tensor:
@@ -116,7 +116,7 @@ class VQVAE(GenerativeModel):
     def update_buffers(self, batch: Batch, step: int) -> None:
         """The codebook's post-step update (k-means at the first step, EMA, restarts) from this step's vectors."""
         if self._step_vectors is not None:
-            self.quantizer.update_buffers(self._step_vectors, batch)
+            self.quantizer.update_buffers(self._step_vectors, batch, step)
             self._step_vectors = None
 
     def code_spec(self) -> CodeSpec:
