@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 from vaekit.config import RunConfig, dump_yaml
 from vaekit.engine.checkpoint import list_checkpoints
 from vaekit.errors import RunDirError
-from vaekit.io import atomic_write_json, atomic_write_text
+from vaekit.io import TEMP_SUFFIX, atomic_write_json, atomic_write_text
 
 CONFIG_FILE = "config.yaml"
 VERSIONS_FILE = "versions.json"
@@ -21,6 +23,8 @@ METRICS_FILE = "metrics.jsonl"
 
 
 RUN_MARKER = ".vaekit-run"  # written into every run directory vaekit creates; --force replaces only these
+# a file or checkpoint staging folder being written (`.NAME.RANDOM.vaekit-tmp`, io.TEMP_SUFFIX); only a kill leaves one
+_INTERRUPTED_WRITE = re.compile(r"^\.[^/]+\.[a-z0-9_]+" + re.escape(TEMP_SUFFIX) + "$")
 
 
 def run_dir_of(config: RunConfig) -> Path:
@@ -64,7 +68,8 @@ def check_run_dir(config: RunConfig, *, resume: bool, force: bool) -> bool:
 
 
 def prepare_run_dir(config: RunConfig, *, replace: bool) -> Path:
-    """Create the run directory with its marker (replacing a marked one when `replace`); call after `check_run_dir`."""
+    """Create the run directory with its marker (replacing a marked one when `replace`), without what interrupted
+    writes left in it; call after `check_run_dir`."""
     path = run_dir_of(config)
     if replace:
         if not is_run_dir(path):  # checked before, re-checked at the moment of deleting
@@ -73,7 +78,22 @@ def prepare_run_dir(config: RunConfig, *, replace: bool) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     if not (path / RUN_MARKER).exists():
         atomic_write_json(path / RUN_MARKER, {"format": 1, "created_by": "vaekit"})
+    remove_interrupted_writes(path)
     return path
+
+
+def remove_interrupted_writes(path: Path) -> None:
+    """Delete the temporary files and checkpoint staging folders that killed writes left under run directory
+    `path`: vaekit's own temporary names only, never a link or anything else."""
+    for folder, folders, files in os.walk(path):  # links are not followed
+        for name in files:
+            entry = Path(folder) / name
+            if _INTERRUPTED_WRITE.match(name) and not entry.is_symlink():
+                entry.unlink()
+        for name in [name for name in folders if _INTERRUPTED_WRITE.match(name)]:
+            folders.remove(name)
+            if not (Path(folder) / name).is_symlink():
+                shutil.rmtree(Path(folder) / name)
 
 
 def write_run_files(path: Path, config: RunConfig, versions: dict[str, Any]) -> None:
@@ -133,5 +153,5 @@ class MetricsLog:
 def _step_of(line: str) -> int:
     try:
         return int(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, AttributeError, ValueError):
+    except (AttributeError, ValueError, RecursionError):
         return 1 << 62

@@ -22,12 +22,18 @@ from vaekit.batch import Batch, step_generator
 from vaekit.config import RunConfig, TrainConfig, config_to_dict
 from vaekit.data import ImageData, PointCloudData, binarize, check_support, load_data
 from vaekit.engine.checkpoint import (
+    EMA_FILE,
+    MODEL_FILE,
+    last_finite_checkpoint,
     list_checkpoints,
+    listed,
     load_model_weights,
     load_optimizers,
     load_tensor_file,
+    nan_or_inf_tensors,
     read_state,
     save_checkpoint,
+    tensor_specs,
 )
 from vaekit.engine.distributed import DistContext, init_distributed
 from vaekit.engine.rundir import (
@@ -260,10 +266,12 @@ class Trainer:
         if state["config"].get("parent_sha256") != self.config.parent_sha256:
             raise CheckpointError(f"{checkpoint}: the parent run changed since this run was trained "
                                   "(its checkpoint's SHA-256 differs); train this run again with --force")
-        load_model_weights(self.model, load_tensor_file(checkpoint, "model.safetensors", state), checkpoint)
+        weights = load_tensor_file(checkpoint, MODEL_FILE, state, expected=tensor_specs(self.model.state_dict()))
+        load_model_weights(self.model, weights, checkpoint)
         load_optimizers(checkpoint, state, self.optimizers)
         if self.ema is not None:
-            self.ema.shadow = {k: v.to(self.ctx.device) for k, v in load_tensor_file(checkpoint, "ema.safetensors", state).items()}
+            averaged = load_tensor_file(checkpoint, EMA_FILE, state, expected=tensor_specs(self.ema.shadow))
+            self.ema.shadow = {k: v.to(self.ctx.device) for k, v in averaged.items()}
         if state["extra"].get("grad_scaler"):
             self.scaler.load_state_dict(state["extra"]["grad_scaler"])
         self.step = int(state["step"])
@@ -383,12 +391,28 @@ class Trainer:
 
     def _check_finite(self, nonfinite: Tensor, step: int) -> None:
         if bool(nonfinite):
-            kept = list_checkpoints(self.run_dir / "checkpoints") if self.run_dir else []
-            where = f"the last good checkpoint is {kept[-1]}" if kept else "no checkpoint was written yet"
             raise TrainingDivergedError(
-                f"the loss became NaN or infinite at or before step {step + 1}; training stopped and {where}. "
-                "Try a lower train.lr, train.grad_clip, or train.precision=fp32"
+                f"the loss became NaN or infinite at or before step {step + 1}; training stopped and "
+                f"{self._last_good_checkpoint()}. Try a lower train.lr, train.grad_clip, or train.precision=fp32"
             )
+
+    def _check_finite_weights(self) -> None:
+        """Weights (and their average) must hold no NaN or +inf before they are saved, even when the loss is finite."""
+        bad = nan_or_inf_tensors(self.model.state_dict())
+        bad += [f"{name} (weight average)" for name in nan_or_inf_tensors(self.ema.shadow if self.ema else {})]
+        if bad:
+            raise TrainingDivergedError(
+                f"the weights became NaN or infinite ({listed(bad)}) at or before step {self.step}; training stopped and "
+                f"{self._last_good_checkpoint()}. Try a lower train.lr, train.grad_clip, or train.precision=fp32"
+            )
+
+    def _last_good_checkpoint(self) -> str:
+        """Where to resume from: the newest checkpoint whose weights are finite (the loss alone does not say)."""
+        directory = self.run_dir / "checkpoints" if self.run_dir else None
+        if directory is None or not list_checkpoints(directory):
+            return "no checkpoint was written yet"
+        good = last_finite_checkpoint(directory)
+        return f"the last checkpoint with finite weights is {good}" if good else "no checkpoint holds finite weights"
 
     def _reduce(self, values: dict[str, Tensor]) -> dict[str, float]:
         """Mean of each logged value over processes (only at logging time)."""
@@ -436,6 +460,7 @@ class Trainer:
             yield
 
     def _save(self) -> None:
+        self._check_finite_weights()
         if self.ctx.is_main:
             extra: dict[str, Any] = {"world_size": self.ctx.world_size, "train_seconds": self.train_seconds,
                                      "skipped_steps": self.skipped_steps}
