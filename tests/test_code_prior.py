@@ -37,6 +37,14 @@ def test_the_logits_of_a_position_do_not_depend_on_it_or_on_later_codes():
     assert not torch.allclose(prior(earlier)[:, -1], logits[:, -1])  # while earlier codes do matter
 
 
+def test_the_cached_step_path_gives_the_logits_of_the_whole_sequence_path():
+    prior = _prior(5, 6)
+    codes = torch.randint(0, 5, (4, 6), generator=torch.Generator().manual_seed(3))
+    cache = prior.new_cache(4)
+    stepped = torch.stack([prior.step(codes[:, i - 1], i, cache) for i in range(6)], 1)  # (4, 6, 5)
+    torch.testing.assert_close(stepped, prior(codes), atol=1e-5, rtol=1e-5)
+
+
 def test_the_probabilities_of_all_grids_sum_to_one():
     prior = _prior(3, 4)
     grids = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 2, 2)  # all 81 grids

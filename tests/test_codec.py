@@ -80,7 +80,8 @@ def test_images_smaller_than_the_model_are_padded_and_cropped_back(runs, test_di
         codec.compress(torch.zeros(1, 3, 8, 8))
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped", "magic", "header_cut", "extra"])
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "magic", "header_cut", "extra", "empty", "count",
+                                    "batch"])
 def test_a_damaged_file_is_one_clear_error_never_images(runs, test_digits, damage):
     codec = VQCodec(vaekit.load(runs[1]))
     data = bytearray(codec.compress(test_digits[:5]))
@@ -92,10 +93,32 @@ def test_a_damaged_file_is_one_clear_error_never_images(runs, test_digits, damag
         data[0:3] = b"PNG"
     elif damage == "header_cut":
         data = data[:9]
+    elif damage == "empty":
+        data = bytearray()
+    elif damage in ("count", "batch"):  # a header number changed: 5 images -> 6, batch 256 -> 257
+        data[8 if damage == "count" else 12] += 1
     else:
         data += b"\x00"
     with pytest.raises(CodecError):
         codec.decompress(bytes(data))
+
+
+def test_the_decoder_repeats_the_batch_layout_and_threads_written_in_the_header(runs, test_digits):
+    prior = vaekit.load(runs[1])
+    data = VQCodec(prior, batch=4, threads=1).compress(test_digits[:10])  # batches of 4, 4, 2
+    header, codes = VQCodec(prior, batch=256, threads=2).decode_codes(data)
+    assert (header.batch, header.threads) == (4, 1)
+    with torch.inference_mode():
+        assert torch.equal(codes, VQCodec(prior).vq.latent_codes(test_digits[:10]))
+    assert data == VQCodec(prior, batch=4, threads=1).compress(test_digits[:10])  # deterministic bytes
+
+
+def test_probabilities_that_differ_from_the_encoders_are_caught_by_the_codes_check(runs, test_digits):
+    data = VQCodec(vaekit.load(runs[1])).compress(test_digits[:5])
+    other = VQCodec(vaekit.load(runs[2]))
+    other._fingerprint = VQCodec(vaekit.load(runs[1]))._fingerprint  # as if the same weights computed otherwise
+    with pytest.raises(CodecError, match="decoded codes fail"):
+        other.decompress(data)
 
 
 def test_a_file_from_another_model_is_refused(runs, test_digits):

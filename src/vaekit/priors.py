@@ -140,23 +140,72 @@ def select_mixture(codes: Tensor, candidates: list[tuple[int, CovarianceType]], 
     return MixtureChoice(*best, held_out_log_likelihood=scores[best])
 
 
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention over positions <= i, without biases (a key bias only shifts every score of
+    a query, which softmax ignores: its true gradient is 0 and Adam would step on rounding noise)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.out = nn.Linear(width, width, bias=False)
+
+    def _split(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, T, W) -> queries, keys, values (B, heads, T, W / heads)."""
+        batch, length, width = hidden.shape
+        qkv = self.qkv(hidden).view(batch, length, 3, self.heads, width // self.heads)
+        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        """Every position at once: (B, T, W) -> (B, T, W)."""
+        q, k, v = self._split(hidden)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, heads, T, W / heads)
+        return self.out(attended.transpose(1, 2).flatten(2))
+
+    def step(self, hidden: Tensor, cache: Tensor, position: int) -> Tensor:
+        """One position given the keys and values of the earlier ones: hidden (B, 1, W), cache
+        (2, B, heads, P, W / heads) filled up to `position` and extended by it -> (B, 1, W)."""
+        q, k, v = self._split(hidden)
+        cache[0, :, :, position], cache[1, :, :, position] = k[:, :, 0], v[:, :, 0]
+        keys, values = cache[0, :, :, : position + 1], cache[1, :, :, : position + 1]
+        attended = F.scaled_dot_product_attention(q, keys, values)  # (B, heads, 1, W / heads)
+        return self.out(attended.transpose(1, 2).flatten(2))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: h + attn(norm(h)), then h + mlp(norm(h)); no biases."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(width, bias=False)
+        self.attention = CausalSelfAttention(width, heads)
+        self.mlp_norm = nn.LayerNorm(width, bias=False)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width, bias=False), nn.GELU(),
+                                 nn.Linear(4 * width, width, bias=False))
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        hidden = hidden + self.attention(self.attention_norm(hidden))
+        return hidden + self.mlp(self.mlp_norm(hidden))
+
+    def step(self, hidden: Tensor, cache: Tensor, position: int) -> Tensor:
+        hidden = hidden + self.attention.step(self.attention_norm(hidden), cache, position)
+        return hidden + self.mlp(self.mlp_norm(hidden))
+
+
 class CodeTransformer(nn.Module):
     """p(c) = prod_i p(c_i | c_<i) over a code grid in raster order: codes (B, H, W) -> logits (B, H*W, K).
 
-    Tokens are embedded with a learned position embedding and read by pre-norm transformer layers
-    with a causal mask; position i sees a start token and c_<i only.
+    Tokens are embedded with a learned position embedding and read by pre-norm causal transformer
+    blocks; position i sees a start token and c_<i only. `forward` scores all positions at once
+    (training); `step` scores one position from a cache of the earlier ones (sampling and coding).
     """
 
     def __init__(self, num_symbols: int, num_positions: int, *, width: int, layers: int, heads: int) -> None:
         super().__init__()
-        self.num_symbols, self.num_positions = num_symbols, num_positions
+        self.num_symbols, self.num_positions, self.heads = num_symbols, num_positions, heads
         self.embedding = nn.Embedding(num_symbols + 1, width)  # the last index is the start token
         self.position = nn.Parameter(torch.zeros(1, num_positions, width))
-        # no biases: a key bias only shifts every score of a query (softmax ignores it), so its true gradient
-        # is 0 and Adam would step on rounding noise
-        layer = nn.TransformerEncoderLayer(width, heads, dim_feedforward=4 * width, dropout=0.0, batch_first=True,
-                                           norm_first=True, bias=False)
-        self.layers = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.blocks = nn.ModuleList(TransformerBlock(width, heads) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, num_symbols)
         nn.init.normal_(self.position, std=0.02)
@@ -165,11 +214,25 @@ class CodeTransformer(nn.Module):
         """Logits of every position given the codes before it: codes (B, ...) -> (B, P, K)."""
         flat = codes.reshape(codes.shape[0], -1)  # (B, P)
         start = flat.new_full((flat.shape[0], 1), self.num_symbols)
-        tokens = torch.cat([start, flat[:, :-1]], 1)  # (B, P): shifted right
-        causal = torch.triu(torch.full((self.num_positions, self.num_positions), float("-inf"),
-                                       device=codes.device), diagonal=1)
-        hidden = self.layers(self.embedding(tokens) + self.position, mask=causal, is_causal=True)
+        hidden = self.embedding(torch.cat([start, flat[:, :-1]], 1)) + self.position  # (B, P, W): shifted right
+        for block in self.blocks:
+            hidden = block(hidden)
         return self.head(self.norm(hidden))
+
+    def new_cache(self, batch: int) -> Tensor:
+        """Empty keys and values for `batch` sequences: (layers, 2, B, heads, P, W / heads)."""
+        width = self.position.shape[-1]
+        return self.position.new_zeros(len(self.blocks), 2, batch, self.heads, self.num_positions,
+                                       width // self.heads)
+
+    def step(self, previous: Tensor, position: int, cache: Tensor) -> Tensor:
+        """Logits (B, K) of position `position` given the code before it, previous (B,) int64 (ignored at
+        position 0, where the start token is read), and the cache of earlier positions (extended in place)."""
+        token = previous if position > 0 else torch.full_like(previous, self.num_symbols)
+        hidden = self.embedding(token)[:, None] + self.position[:, position: position + 1]  # (B, 1, W)
+        for index, block in enumerate(self.blocks):
+            hidden = block.step(hidden, cache[index], position)
+        return self.head(self.norm(hidden))[:, 0]
 
     def log_prob(self, codes: Tensor) -> Tensor:
         """log p(c) in nats per grid: codes (B, ...) -> (B,)."""
@@ -182,8 +245,9 @@ class CodeTransformer(nn.Module):
         """Codes (N, P) drawn position by position from softmax(logits / temperature)."""
         device = self.position.device
         codes = torch.zeros(num_samples, self.num_positions, dtype=torch.long, device=device)
+        cache = self.new_cache(num_samples)
         for position in range(self.num_positions):
-            logits = self(codes)[:, position].float() / temperature  # (N, K); later positions are ignored
+            logits = self.step(codes[:, position - 1], position, cache).float() / temperature  # (N, K)
             uniform = torch.rand(num_samples, 1, generator=generator,
                                  device=generator.device if generator is not None else device).to(device)
             cumulative = logits.softmax(-1).cumsum(-1)

@@ -2,8 +2,10 @@
 
 Layout (all integers unsigned LEB128 varints unless stated):
   magic b"VQZ" | version (1 byte) | fingerprint (4 bytes: truncated SHA-256 of the models and coder
-  settings) | count | channels | height | width (the true image size) | payload length |
-  CRC-32 of the payload (4 bytes, little endian) | CRC-32 of the decoded code indices (4 bytes) | payload.
+  settings) | count | channels | height | width (the true image size) | batch | threads (the layout
+  the prior was evaluated in: images per batch and torch threads, which the decoder repeats) |
+  payload length | CRC-32 of the header before it and the payload (4 bytes, little endian) |
+  CRC-32 of the decoded code indices (4 bytes) | payload. 21 bytes for one 28x28 image.
 The entropy coder itself cannot tell a damaged stream from a good one (constriction decodes any
 bits), so the lengths, both CRCs and an empty coder after the last symbol are what catch a
 truncated file, flipped bits or another model.
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from vaekit.errors import CodecError
 
 MAGIC = b"VQZ"
-VERSION = 1
+VERSION = 2
 
 
 def encode_varint(value: int) -> bytes:
@@ -56,19 +58,21 @@ class Header:
     channels: int
     height: int  # true size, before padding to the code grid's stride
     width: int
+    batch: int  # images whose prior probabilities were evaluated together
+    threads: int  # torch intra-op threads they were evaluated with
     codes_crc: int  # CRC-32 of the decoded code indices (int32 little endian, image by image, raster order)
 
 
 def pack(header: Header, payload: bytes) -> bytes:
     """The whole file: header then payload."""
     numbers = b"".join(encode_varint(v) for v in (header.count, header.channels, header.height, header.width,
-                                                      len(payload)))
-    return (MAGIC + bytes([VERSION]) + header.fingerprint + numbers
-            + struct.pack("<II", zlib.crc32(payload), header.codes_crc) + payload)
+                                                      header.batch, header.threads, len(payload)))
+    head = MAGIC + bytes([VERSION]) + header.fingerprint + numbers
+    return head + struct.pack("<II", zlib.crc32(payload, zlib.crc32(head)), header.codes_crc) + payload
 
 
 def unpack(data: bytes, source: str = "file") -> tuple[Header, bytes]:
-    """(header, payload) of a .vqz file, after checking magic, version, length and the payload's CRC."""
+    """(header, payload) of a .vqz file, after checking magic, version, length and the CRC of header and payload."""
     if data[:3] != MAGIC:
         raise CodecError(f"{source} is not a .vqz file (it does not start with {MAGIC!r})")
     if len(data) < 8:
@@ -77,17 +81,17 @@ def unpack(data: bytes, source: str = "file") -> tuple[Header, bytes]:
         raise CodecError(f"{source} has format version {data[3]}; this vaekit reads version {VERSION}")
     fingerprint, offset = data[4:8], 8
     numbers = []
-    for _ in range(5):
+    for _ in range(7):
         value, offset = decode_varint(data, offset)
         numbers.append(value)
-    count, channels, height, width, length = numbers
+    count, channels, height, width, batch, threads, length = numbers
     if offset + 8 > len(data):
         raise CodecError(f"{source} is truncated (the header's checksums are missing)")
-    payload_crc, codes_crc = struct.unpack("<II", data[offset:offset + 8])
+    checksum, codes_crc = struct.unpack("<II", data[offset:offset + 8])
     payload = data[offset + 8:]
     if len(payload) != length:
         raise CodecError(f"{source} is truncated or damaged: its payload holds {len(payload)} bytes, "
                          f"the header says {length}")
-    if zlib.crc32(payload) != payload_crc:
-        raise CodecError(f"{source} is damaged: the payload's CRC-32 does not match the header")
-    return Header(fingerprint, count, channels, height, width, codes_crc), payload
+    if zlib.crc32(payload, zlib.crc32(data[:offset])) != checksum:
+        raise CodecError(f"{source} is damaged: the CRC-32 of its header and payload does not match")
+    return Header(fingerprint, count, channels, height, width, batch, threads, codes_crc), payload

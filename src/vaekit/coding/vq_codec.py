@@ -1,15 +1,17 @@
 """Lossy image compression with a VQ-VAE and a learned prior over its codes (a code-prior run).
 
-compress: images -> the frozen VQ-VAE's code grids -> each code entropy-coded by constriction's ANS
-coder with the prior's conditional probabilities p(c_i | c_<i) -> a .vqz file. decompress inverts it
-bit-exactly: the code indices come back identical, then the VQ-VAE decodes them.
+compress: images -> the frozen VQ-VAE's code grids -> each code entropy-coded by constriction's range
+coder with the prior's conditional probabilities p(c_i | c_<i) -> a .vqz file. decompress inverts
+it bit-exactly: the code indices come back identical, then the VQ-VAE decodes them.
 
-Bit-exactness needs the prior's probabilities to be identical on both sides, so both run one code
-path (`_position_probabilities`): one image at a time (batch layout 1, in the header's version),
-the whole grid with the codes not yet known set to 0 (the causal mask makes them irrelevant, and
-the shapes and kernels stay the same), float32 on the CPU with one thread, and a float64 softmax
-that constriction quantises to integers. A file decodes with the same vaekit, torch build and
-instruction set that wrote it; the fingerprint catches other weights or settings.
+Bit-exactness needs the prior's probabilities to be identical on both sides, so both walk one code
+path (`VQCodec._walk`): images in batches of `batch` (the last one smaller), the positions of a
+batch in raster order through the prior's cached incremental step (never the whole-sequence
+forward), float32 on the CPU with `threads` torch threads, then a float64 softmax that constriction
+quantises to integers. The batch size and thread count are written in the header and repeated by
+the decoder, since kernels can differ with either. A file decodes with the same vaekit and torch
+build on the same instruction set that wrote it; the fingerprint catches other weights or settings,
+and the CRC of the decoded codes catches any difference that remains.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import constriction
 import numpy as np
@@ -30,24 +32,31 @@ from vaekit.errors import CapabilityError, CodecError, DataError
 from vaekit.models.base import GenerativeModel
 from vaekit.models.code_prior import CodePrior
 
-CODER_SETTINGS = b"ans;categorical-leaky;softmax-f64;batch1;threads1;v1"
+CODER_SETTINGS = b"range;categorical-leaky;softmax-f64;cached-step;v2"
+MAX_THREADS = 1024
+
+CodeStep = Callable[[int, np.ndarray], np.ndarray]  # (position, probabilities (B, K)) -> symbols (B,) int32
 
 
 @contextlib.contextmanager
-def _one_thread() -> Iterator[None]:
-    """torch on one intra-op thread (a fixed reduction order), restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _threads(count: int) -> Iterator[None]:
+    """torch on `count` intra-op threads (a fixed reduction order), restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
     try:
         yield
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 class VQCodec:
-    """Images (N, C, H, W) in [0, 1] <-> .vqz bytes, with a code-prior run's model and its VQ-VAE parent."""
+    """Images (N, C, H, W) in [0, 1] <-> .vqz bytes, with a code-prior run's model and its VQ-VAE parent.
 
-    def __init__(self, model: GenerativeModel) -> None:
+    batch: images whose prior probabilities are evaluated together (speed against memory: the cache
+    holds layers x 2 x batch x positions x width floats); threads: torch threads (default: torch's).
+    """
+
+    def __init__(self, model: GenerativeModel, *, batch: int = 256, threads: int | None = None) -> None:
         if not isinstance(model, CodePrior):
             raise CapabilityError(f"compression needs a code-prior run (a prior over a VQ-VAE's codes); "
                                   f"this run's model is {model.config.name!r}")
@@ -55,8 +64,10 @@ class VQCodec:
         self.image_shape = tuple(self.vq.config.image_shape)  # (C, H, W) the VQ-VAE works on
         self.grid = tuple(model.config.codes.shape)
         self.num_positions = self.grid[0] * self.grid[1]
+        self.batch, self.threads = batch, threads or torch.get_num_threads()
+        self._fingerprint = self._weights_fingerprint()
 
-    def fingerprint(self) -> bytes:
+    def _weights_fingerprint(self) -> bytes:
         """4 bytes of SHA-256 over the VQ-VAE's and the prior's tensors and the coder settings."""
         digest = hashlib.sha256(CODER_SETTINGS)
         for module in (self.vq, self.model):
@@ -65,10 +76,17 @@ class VQCodec:
                 digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.digest()[:4]
 
-    def _position_probabilities(self, prefix: Tensor, position: int) -> np.ndarray:
-        """p(c_position | c_<position) for one image: prefix (1, P) int64 -> (K,) float64. The one code path."""
-        logits = self.model.prior(prefix)[0, position].float()
-        return torch.softmax(logits.double(), -1).numpy()
+    def _walk(self, count: int, code_step: CodeStep) -> Tensor:
+        """The one code path of both directions, for one batch of `count` grids: at each position in raster
+        order, the prior's p(c_i | c_<i) (count, K) from its cached step go to `code_step`, which codes or
+        decodes that position's symbols; they feed the next step. Returns the codes (count, P)."""
+        codes = torch.zeros(count, self.num_positions, dtype=torch.long)
+        cache = self.model.prior.new_cache(count)
+        for position in range(self.num_positions):
+            logits = self.model.prior.step(codes[:, position - 1], position, cache).float()  # (count, K)
+            probabilities = torch.softmax(logits.double(), -1).numpy()
+            codes[:, position] = torch.from_numpy(code_step(position, probabilities).astype(np.int64))
+        return codes
 
     def _padded(self, images: Tensor) -> Tensor:
         """Images padded (edge-replicated) at the bottom and right to the VQ-VAE's size."""
@@ -87,46 +105,56 @@ class VQCodec:
         """The .vqz bytes of images (N, C, H, W) in [0, 1]."""
         if len(images) == 0:
             raise DataError("no images to compress")
-        with _one_thread():
-            codes = torch.cat([self.vq.latent_codes(chunk) for chunk in self._padded(images.float().cpu()).split(64)])
-            codes = codes.view(len(images), self.num_positions)  # (N, P)
-            probabilities = np.stack([self._position_probabilities(self._prefix(row, position), position)
-                                      for row in codes for position in range(self.num_positions)])  # (N*P, K)
-        symbols = codes.reshape(-1).numpy().astype(np.int32)
-        coder = constriction.stream.stack.AnsCoder()
-        coder.encode_reverse(symbols, constriction.stream.model.Categorical(perfect=False), probabilities)
-        payload = coder.get_compressed().astype("<u4").tobytes()
-        header = Header(self.fingerprint(), len(images), images.shape[1], images.shape[2], images.shape[3],
-                        zlib.crc32(symbols.astype("<i4").tobytes()))
+        encoder = constriction.stream.queue.RangeEncoder()
+        family = constriction.stream.model.Categorical(perfect=False)
+        with _threads(self.threads):
+            codes = torch.cat([self.vq.latent_codes(chunk).view(len(chunk), self.num_positions)
+                               for chunk in self._padded(images.float().cpu()).split(self.batch)])  # (N, P)
+            for known in codes.split(self.batch):
+                symbols = known.numpy().astype(np.int32)
+
+                def encode(position: int, probabilities: np.ndarray, symbols: np.ndarray = symbols) -> np.ndarray:
+                    encoder.encode(np.ascontiguousarray(symbols[:, position]), family, probabilities)
+                    return symbols[:, position]
+
+                self._walk(len(known), encode)
+        payload = encoder.get_compressed().astype("<u4").tobytes()
+        header = Header(self._fingerprint, len(images), images.shape[1], images.shape[2], images.shape[3],
+                        self.batch, self.threads, zlib.crc32(codes.numpy().astype("<i4").tobytes()))
         return pack(header, payload)
 
-    def _prefix(self, codes: Tensor, position: int) -> Tensor:
-        """(1, P): the codes before `position`, zeros from it on."""
-        prefix = torch.zeros(1, self.num_positions, dtype=torch.long)
-        prefix[0, :position] = codes[:position]
-        return prefix
+    def _check_header(self, header: Header, source: str) -> None:
+        """The header's numbers are ones this run can decode."""
+        channels, height, width = self.image_shape
+        if header.fingerprint != self._fingerprint:
+            raise CodecError(f"{source} was made with other models or coder settings than this run's "
+                             "(fingerprint differs)")
+        if header.channels != channels or not (1 <= header.height <= height and 1 <= header.width <= width):
+            raise CodecError(f"{source} holds {header.channels}x{header.height}x{header.width} images; this run "
+                             f"decodes {channels} channel(s) up to {height}x{width}")
+        if header.count < 1 or header.batch < 1 or not 1 <= header.threads <= MAX_THREADS:
+            raise CodecError(f"{source} is damaged: count {header.count}, batch {header.batch}, "
+                             f"threads {header.threads}")
 
     @torch.inference_mode()
     def decode_codes(self, data: bytes, source: str = "file") -> tuple[Header, Tensor]:
         """(header, code grids (N, H', W')) of a .vqz file, checked against its fingerprint and CRCs."""
         header, payload = unpack(data, source)
-        if header.fingerprint != self.fingerprint():
-            raise CodecError(f"{source} was made with other models or coder settings than this run's "
-                             "(fingerprint differs)")
+        self._check_header(header, source)
         if len(payload) % 4:
             raise CodecError(f"{source} is damaged: its payload is not a whole number of 32-bit words")
-        coder = constriction.stream.stack.AnsCoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
+        decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
         family = constriction.stream.model.Categorical(perfect=False)
-        codes = torch.zeros(header.count, self.num_positions, dtype=torch.long)
-        with _one_thread():
-            for index in range(header.count):
-                prefix = torch.zeros(1, self.num_positions, dtype=torch.long)
-                for position in range(self.num_positions):
-                    probabilities = self._position_probabilities(prefix, position)[None]  # (1, K)
-                    prefix[0, position] = int(coder.decode(family, probabilities)[0])
-                codes[index] = prefix[0]
-        symbols = codes.reshape(-1).numpy().astype("<i4")
-        if not coder.is_empty() or zlib.crc32(symbols.tobytes()) != header.codes_crc:
+
+        def decode(position: int, probabilities: np.ndarray) -> np.ndarray:
+            return decoder.decode(family, probabilities)
+
+        chunks = []
+        with _threads(header.threads):
+            for start in range(0, header.count, header.batch):
+                chunks.append(self._walk(min(header.batch, header.count - start), decode))
+        codes = torch.cat(chunks)
+        if not decoder.maybe_exhausted() or zlib.crc32(codes.numpy().astype("<i4").tobytes()) != header.codes_crc:
             raise CodecError(f"{source} is damaged: its decoded codes fail the header's check")
         return header, codes.view(header.count, *self.grid)
 
@@ -134,7 +162,7 @@ class VQCodec:
     def decompress(self, data: bytes, source: str = "file") -> Tensor:
         """The images of a .vqz file as uint8 (N, C, H, W), cropped to their true size."""
         header, codes = self.decode_codes(data, source)
-        with _one_thread():
-            images = torch.cat([self.vq.decode_mean(chunk) for chunk in codes.split(64)])
+        with _threads(header.threads):
+            images = torch.cat([self.vq.decode_mean(chunk) for chunk in codes.split(header.batch)])
         pixels = (images[:, :, : header.height, : header.width] * 255).round().clamp(0, 255)
         return pixels.to(torch.uint8)
