@@ -1,23 +1,52 @@
 """VQ-VAE and its codec on Fashion-MNIST: the models every later stage measures, trained here.
 
     .venv/bin/python benchmarks/vq_codec.py train      # the VQ-VAEs and their code priors (resumable)
+    benchmarks/.venv-ref/bin/python benchmarks/vq_codec.py quantiser   # against pythae, vector-quantize-pytorch
+    benchmarks/.venv-ref/bin/python benchmarks/vq_codec.py rd          # rate-distortion and codec speed
 
 Stage `train` trains, on the training split only, each operating point of `OPERATING_POINTS` (the
 `fashion-mnist-vqvae` preset with the listed overrides) and then a `fashion-mnist-code-prior` run
 over its codes. Run directories go to benchmarks/results/partial/vq/; a stage that finds a finished
 run reuses it and resumes an unfinished one from its newest checkpoint. Progress and the load
 average go to benchmarks/results/vq_codec_train.json after every run.
+
+Stage `quantiser` (reference environment): one training step of each quantiser alone on encoder
+vectors (256, 49, 64) with K = 512 and 8192: the forward pass (nearest codes, straight-through
+output, commitment loss), the backward pass to the vectors, and the EMA codebook update (vaekit's in
+its post-step `update_buffers`; pythae's QuantizerEMA and vector-quantize-pytorch's VectorQuantize
+inside their forward). Same codebook and vectors in all three, which must choose the same codes;
+k-means, dead-code restarts and the rotation trick off; rounds interleaved, medians reported, with
+the load average. Output: benchmarks/results/vq_quantiser_speed.json.
+
+Stage `rd` (reference environment): the first 1000 Fashion-MNIST test images (uint8), PSNR =
+10 log10(255^2 / MSE) over all pixels of the set, decoded images as uint8. vaekit: each trained
+operating point through `VQCodec`, the 1000 images as one .vqz stream and each image as its own
+.vqz file. The others at every quality 0-100 in steps of 5: Pillow's JPEG (optimize), WebP
+(method 6) and AVIF (speed 0), imagecodecs' JPEG XL (effort 9, distances 0.5-25); one file per
+image (headers included), and as a stream: the smaller of the files with their container headers
+stripped (JPEG: the entropy-coded segment; WebP: the RIFF and chunk headers; AVIF: the mdat
+payload; JPEG XL: a bare codestream) and all 1000 images tiled into one picture, each point
+compared with the fewer bytes of the two at its PSNR. Comparison inside the PSNR interval both
+curves cover (log bytes interpolated linearly in PSNR) and the Bjontegaard delta rate (cubic fits
+of log bytes against PSNR). Speed: images/s to compress and decompress
+uint8 arrays in memory, vaekit streams against WebP and AVIF files, same run. The prior's test
+cross-entropy beside the payload. Output: benchmarks/results/vq_rate_distortion.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 import vaekit
+from vaekit.batch import Batch
 from vaekit.config import load_config
 from vaekit.engine.runs import find_checkpoint
 from vaekit.errors import VaekitError
@@ -25,6 +54,7 @@ from vaekit.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent
 RUNS = ROOT / "results" / "partial" / "vq"
+FASHION = Path("/usr/share/datasets/fashion-mnist")  # apt-get install -y dataset-fashion-mnist
 OPERATING_POINTS = {  # name -> overrides of the fashion-mnist-vqvae preset
     "grid7-k512": [],
     "grid14-k512": ["model.downsamples=1"],
@@ -63,12 +93,267 @@ def stage_train(out: Path) -> None:
             atomic_write_json(out, record)
 
 
+def _quantisers(codebook: torch.Tensor) -> dict[str, tuple[torch.nn.Module, object]]:
+    """name -> (module, step function (vectors (B, P, D) -> indices (B*P,))) sharing one codebook (K, D)."""
+    from pythae.models.vq_vae.vq_vae_config import VQVAEConfig as PythaeConfig
+    from pythae.models.vq_vae.vq_vae_utils import QuantizerEMA
+    from vector_quantize_pytorch import VectorQuantize
+
+    from vaekit.quantize import VectorQuantizer
+
+    num_codes, dim = codebook.shape
+    ours = VectorQuantizer(num_codes, dim, ema=True, decay=0.99, restart_after=0)
+    ours._set_codebook(codebook)
+    ours.initialised.fill_(True)
+
+    def ours_step(vectors: torch.Tensor) -> torch.Tensor:
+        out = ours(vectors.reshape(-1, dim))
+        (out.quantised.sum() + 0.25 * out.commitment_loss.sum()).backward()
+        ours.update_buffers(vectors.detach(), Batch.of(vectors.detach()), step=1, indices=out.indices)
+        return out.indices
+
+    pythae_config = PythaeConfig(input_dim=(1, 28, 28), latent_dim=dim, num_embeddings=num_codes, decay=0.99,
+                                 commitment_loss_factor=0.25)
+    pythae_config.embedding_dim = dim  # set by pythae's VQVAE model before it builds its quantiser
+    pythae = QuantizerEMA(pythae_config)
+    pythae.embeddings.copy_(codebook)
+
+    def pythae_step(vectors: torch.Tensor) -> torch.Tensor:
+        grid = vectors.view(vectors.shape[0], 7, 7, dim)  # pythae quantises (B, H, W, D)
+        out = pythae(grid)
+        (out.quantized_vector.sum() + out.loss).backward()
+        return out.quantized_indices.reshape(-1)
+
+    lucidrains = VectorQuantize(dim=dim, codebook_size=num_codes, decay=0.99, commitment_weight=0.25,
+                                kmeans_init=False, threshold_ema_dead_code=0, rotation_trick=False)
+    lucidrains._codebook.embed.data.copy_(codebook[None])
+    lucidrains._codebook.embed_avg.data.copy_(codebook[None])
+
+    def lucidrains_step(vectors: torch.Tensor) -> torch.Tensor:
+        quantised, indices, commitment = lucidrains(vectors)
+        (quantised.sum() + commitment.sum()).backward()
+        return indices.reshape(-1)
+
+    return {"vaekit": (ours, ours_step), "pythae": (pythae, pythae_step),
+            "vector_quantize_pytorch": (lucidrains, lucidrains_step)}
+
+
+def stage_quantiser(out: Path, rounds: int = 7) -> None:
+    """Seconds per training step of each quantiser (see the module docstring)."""
+    record = {"shape": [256, 49, 64], "threads": torch.get_num_threads(), "torch": torch.__version__, "results": {}}
+    generator = torch.Generator().manual_seed(0)
+    for num_codes in (512, 8192):
+        vectors = torch.randn(256, 49, 64, generator=generator)
+        codebook = vectors.reshape(-1, 64)[torch.randperm(256 * 49, generator=generator)[:num_codes]].clone()
+        steps = _quantisers(codebook)
+        chosen = {}
+        for name, (module, step) in steps.items():
+            module.train()
+            chosen[name] = step(vectors.clone().requires_grad_())
+        agreement = {name: float((chosen[name] == chosen["vaekit"]).float().mean()) for name in chosen}
+        seconds: dict[str, list[float]] = {name: [] for name in steps}
+        loads = [os.getloadavg()]
+        for _ in range(rounds):
+            for name, (module, step) in steps.items():
+                inputs = vectors.clone().requires_grad_()
+                start = time.perf_counter()
+                step(inputs)
+                seconds[name].append(time.perf_counter() - start)
+            loads.append(os.getloadavg())
+        median = {name: sorted(times)[len(times) // 2] for name, times in seconds.items()}
+        record["results"][str(num_codes)] = {
+            "seconds_median": median, "seconds_all": seconds, "same_codes_as_vaekit": agreement,
+            "speedup_vs": {name: median[name] / median["vaekit"] for name in median if name != "vaekit"},
+            "loadavg": loads}
+        atomic_write_json(out, record)
+
+
+def test_images(count: int = 1000) -> np.ndarray:
+    """The first `count` Fashion-MNIST test images, uint8 (N, 28, 28)."""
+    from vaekit.data import read_idx
+
+    return np.asarray(read_idx(FASHION / "t10k-images-idx3-ubyte.gz", magic=2051)[:count])
+
+
+def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
+    """10 log10(255^2 / MSE) over all pixels of the set."""
+    mse = np.mean((reference.astype(np.float64) - decoded.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / mse)) if mse > 0 else float("inf")
+
+
+def _stripped(fmt: str, data: bytes) -> int:
+    """Bytes of a file without its container: what a stream of many images would need per image."""
+    if fmt == "JPEG":  # the entropy-coded segment: after the start-of-scan header, before the end-of-image marker
+        sos = data.index(b"\xff\xda")
+        return len(data) - (sos + 2 + int.from_bytes(data[sos + 2: sos + 4], "big")) - 2
+    if fmt == "WEBP":  # RIFF header (12 bytes) and the VP8 chunk header (8)
+        return len(data) - 20
+    if fmt == "AVIF":  # the payload of the mdat box
+        at = data.index(b"mdat")
+        return int.from_bytes(data[at - 4: at], "big") - 8
+    return len(data)  # JPEG XL: imagecodecs writes a bare codestream
+
+
+def _classical(fmt: str, quality: float) -> tuple:
+    """(encode uint8 (H, W) -> bytes, decode bytes -> uint8 (H, W)) of one codec at one setting."""
+    import imagecodecs
+    from PIL import Image
+
+    if fmt == "JXL":
+        return (lambda image: imagecodecs.jpegxl_encode(image, effort=9, distance=quality),
+                lambda data: imagecodecs.jpegxl_decode(data))
+    options = {"JPEG": {"quality": int(quality), "optimize": True}, "WEBP": {"quality": int(quality), "method": 6},
+               "AVIF": {"quality": int(quality), "speed": 0}}[fmt]
+
+    def encode(image: np.ndarray) -> bytes:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format=fmt, **options)
+        return buffer.getvalue()
+
+    def decode(data: bytes) -> np.ndarray:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("L"))
+
+    return encode, decode
+
+
+def _tiled(images: np.ndarray, columns: int = 40) -> np.ndarray:
+    """(N, H, W) -> one picture of ceil(N / columns) x columns tiles (the last row padded with black)."""
+    count, height, width = images.shape
+    rows = -(-count // columns)
+    padded = np.zeros((rows * columns, height, width), np.uint8)
+    padded[:count] = images
+    return padded.reshape(rows, columns, height, width).transpose(0, 2, 1, 3).reshape(rows * height, columns * width)
+
+
+def classical_point(fmt: str, quality: float, images: np.ndarray) -> dict:
+    """One codec at one setting: per-file bytes and PSNR; as a stream, stripped files and one tiled picture."""
+    encode, decode = _classical(fmt, quality)
+    files = [encode(image) for image in images]
+    decoded = np.stack([decode(data) for data in files])
+    tiled = encode(_tiled(images))
+    tiled_decoded = decode(tiled)
+    height, width = images.shape[1:]
+    untiled = tiled_decoded.reshape(-1, height, 40, width).transpose(0, 2, 1, 3).reshape(-1, height, width)
+    stripped = sum(_stripped(fmt, data) for data in files) / len(images)
+    return {"quality": quality, "file": {"bytes": sum(map(len, files)) / len(images), "psnr": psnr(images, decoded)},
+            "stream": {"stripped": {"bytes": stripped, "psnr": psnr(images, decoded)},
+                       "tiled": {"bytes": len(tiled) / len(images), "psnr": psnr(images, untiled[: len(images)])}}}
+
+
+QUALITIES = {"JPEG": range(0, 101, 5), "WEBP": range(0, 101, 5), "AVIF": range(0, 101, 5),
+             "JXL": (25.0, 15.0, 10.0, 8.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.0, 0.5)}
+
+
+def vaekit_point(prior_run: Path, images: np.ndarray) -> dict:
+    """One operating point: stream and per-file bytes, PSNR, the prior's test cross-entropy, speed."""
+    from vaekit.coding.container import unpack
+    from vaekit.coding.vq_codec import VQCodec
+
+    codec = VQCodec(vaekit.load(prior_run))
+    pixels = torch.from_numpy(images).float().div(255)[:, None]
+    start = time.perf_counter()
+    stream = codec.compress(pixels)
+    compress_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    decoded = codec.decompress(stream)[:, 0].numpy()
+    decompress_seconds = time.perf_counter() - start
+    files = [codec.compress(pixels[i: i + 1]) for i in range(len(images))]
+    with torch.inference_mode():
+        codes = codec.vq.latent_codes(pixels)
+        cross_entropy = -codec.model.prior.log_prob(codes).sum().item() / np.log(2)  # bits for the whole set
+    return {"run": str(prior_run.relative_to(ROOT)), "grid": list(codec.grid),
+            "num_codes": codec.model.config.codes.num_symbols, "psnr": psnr(images, decoded),
+            "stream": {"bytes": len(stream) / len(images), "psnr": psnr(images, decoded)},
+            "file": {"bytes": sum(map(len, files)) / len(images), "psnr": psnr(images, decoded)},
+            "prior_cross_entropy_bytes_per_image": cross_entropy / 8 / len(images),
+            "stream_total_bytes": len(stream), "stream_header_bytes": len(stream) - len(unpack(stream)[1]),
+            "file_header_bytes": len(files[0]) - len(unpack(files[0])[1]),
+            "compress_images_per_second": len(images) / compress_seconds,
+            "decompress_images_per_second": len(images) / decompress_seconds}
+
+
+def compare(ours: list[dict], curves: dict[str, list[dict]]) -> dict:
+    """Each of our points against their curves at the same PSNR (inside a curve's range; the fewest bytes of
+    the curves that reach it), and the BD-rate against each curve. Points: {"bytes", "psnr"}."""
+    table = {}
+    for name, theirs in curves.items():
+        curve = sorted((p["psnr"], np.log(p["bytes"])) for p in theirs if np.isfinite(p["psnr"]))
+        their_psnr = np.array([c[0] for c in curve])
+        monotone = np.maximum.accumulate(np.array([c[1] for c in curve]))  # bytes never fall as PSNR rises
+        table[name] = (their_psnr, monotone)
+    points = []
+    for point in ours:
+        at = {name: float(np.exp(np.interp(point["psnr"], x, y))) for name, (x, y) in table.items()
+              if x[0] <= point["psnr"] <= x[-1]}
+        best = min(at.values()) if at else None
+        points.append({"psnr": point["psnr"], "bytes": point["bytes"], "their_bytes_at_psnr": at,
+                       "ratio_to_fewest": point["bytes"] / best if best else None})
+    return {"points": points, "bd_rate_percent": {
+        name: bd_rate([(p["psnr"], p["bytes"]) for p in ours], list(zip(x, np.exp(y), strict=True)))
+        for name, (x, y) in table.items()}}
+
+
+def bd_rate(ours: list[tuple[float, float]], theirs: list[tuple[float, float]]) -> float | None:
+    """Bjontegaard delta rate in percent (negative: fewer bytes than theirs) over the common PSNR interval,
+    from cubic fits of log bytes against PSNR (a straight line with fewer than 4 points)."""
+    if len(ours) < 2:
+        return None
+    ours_psnr, ours_log = np.array([p for p, _ in ours]), np.log([b for _, b in ours])
+    their_psnr, their_log = np.array([p for p, _ in theirs]), np.log([b for _, b in theirs])
+    low, high = max(ours_psnr.min(), their_psnr.min()), min(ours_psnr.max(), their_psnr.max())
+    if low >= high:
+        return None
+    fits = [np.polyint(np.polyfit(x, y, min(3, len(x) - 1))) for x, y in ((ours_psnr, ours_log),
+                                                                          (their_psnr, their_log))]
+    mean_ours, mean_theirs = ((np.polyval(f, high) - np.polyval(f, low)) / (high - low) for f in fits)
+    return float((np.exp(mean_ours - mean_theirs) - 1) * 100)
+
+
+def classical_speed(fmt: str, quality: float, images: np.ndarray) -> dict:
+    """images/s to encode and to decode one file per image."""
+    encode, decode = _classical(fmt, quality)
+    start = time.perf_counter()
+    files = [encode(image) for image in images]
+    middle = time.perf_counter()
+    for data in files:
+        decode(data)
+    end = time.perf_counter()
+    return {"format": fmt, "quality": quality, "compress_images_per_second": len(images) / (middle - start),
+            "decompress_images_per_second": len(images) / (end - middle)}
+
+
+def stage_rd(out: Path) -> None:
+    """Rate-distortion of every trained operating point against the classical codecs (see the docstring)."""
+    images = test_images()
+    record = json.loads(out.read_text()) if out.is_file() else {}
+    record |= {"images": len(images), "threads": torch.get_num_threads(), "loadavg_start": os.getloadavg()}
+    for fmt, qualities in QUALITIES.items():
+        if fmt not in record.get("classical", {}):
+            record.setdefault("classical", {})[fmt] = [classical_point(fmt, q, images) for q in qualities]
+            atomic_write_json(out, record)
+    record["vaekit"] = [vaekit_point(RUNS / f"{point}-prior", images) for point in OPERATING_POINTS
+                        if (RUNS / f"{point}-prior" / "checkpoints").is_dir()]
+    for fmt, points in record["classical"].items():
+        record.setdefault("comparison", {})[fmt] = {
+            "file": compare([p["file"] for p in record["vaekit"]], {"file": [p["file"] for p in points]}),
+            "stream": compare([p["stream"] for p in record["vaekit"]],
+                              {kind: [p["stream"][kind] for p in points] for kind in ("stripped", "tiled")})}
+    record["speed"] = [classical_speed("WEBP", 10, images), classical_speed("AVIF", 30, images)]
+    record["loadavg_end"] = os.getloadavg()
+    atomic_write_json(out, record)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["train"])
+    parser.add_argument("stage", choices=["train", "quantiser", "rd"])
     args = parser.parse_args()
     if args.stage == "train":
         stage_train(ROOT / "results" / "vq_codec_train.json")
+    elif args.stage == "quantiser":
+        stage_quantiser(ROOT / "results" / "vq_quantiser_speed.json")
+    elif args.stage == "rd":
+        stage_rd(ROOT / "results" / "vq_rate_distortion.json")
 
 
 if __name__ == "__main__":

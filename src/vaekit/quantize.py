@@ -134,9 +134,10 @@ class VectorQuantizer(nn.Module):
         return self.codebook[indices]
 
     @torch.no_grad()
-    def update_buffers(self, vectors: Tensor, batch: Batch, step: int = 0) -> None:
+    def update_buffers(self, vectors: Tensor, batch: Batch, step: int = 0, indices: Tensor | None = None) -> None:
         """The post-step update from this process's encoder vectors (B, ..., D) of the step, B = batch rows
-        (so that gathering keeps each example's vectors together, in the global batch's order).
+        (so that gathering keeps each example's vectors together, in the global batch's order), and
+        their nearest codes (B*...,) when the forward pass found them against the same codebook.
 
         First call: k-means initialisation on the global batch's vectors (under EMA the counts set to
         those of its clusters). Then, under EMA: N_k <- g N_k + (1-g) n_k, m_k <- g m_k + (1-g)
@@ -153,7 +154,9 @@ class VectorQuantizer(nn.Module):
                                       generator=batch.generator))
             self.initialised.fill_(True)
             self.last_used.fill_(step)
-        local_counts, local_sums = assignment_statistics(vectors, nearest_codes(vectors, self.codebook), self.num_codes)
+        if first or indices is None:
+            indices = nearest_codes(vectors, self.codebook)
+        local_counts, local_sums = assignment_statistics(vectors, indices.reshape(-1), self.num_codes)
         counts = batch.all_reduce(local_counts)  # (K,) over the global batch
         self.last_used[counts > 0] = step
         if self.ema and first:  # the counts of the k-means clusters; the centres stay as they are

@@ -81,6 +81,7 @@ class VQVAE(GenerativeModel):
         self.quantizer = VectorQuantizer(config.num_codes, config.code_dim, ema=config.ema, decay=config.ema_decay,
                                          gradient=config.gradient, restart_after=config.restart_after)
         self._step_vectors: Tensor | None = None  # this step's encoder vectors, for the post-step codebook update
+        self._step_indices: Tensor | None = None  # and their nearest codes
 
     def _encode_vectors(self, x: Tensor) -> Tensor:
         """z_e as rows: (B, C, H, W) -> (B * H' * W', D)."""
@@ -97,8 +98,9 @@ class VQVAE(GenerativeModel):
         x = batch.x
         vectors = self._encode_vectors(x)  # (B*H'*W', D)
         out = self.quantizer(vectors.float())
-        if self.training:
+        if self.training:  # the step's vectors and assignments, for the post-step update
             self._step_vectors = vectors.detach().view(x.shape[0], -1, self.config.code_dim)  # (B, H'*W', D)
+            self._step_indices = out.indices  # (B*H'*W',)
         params = self._decode_vectors(out.quantised.to(vectors.dtype), x.shape[0])
         reconstruction = -self.likelihood.log_likelihood(
             self.likelihood.distribution(params, channels=x.shape[1]), x)  # (B,)
@@ -116,8 +118,8 @@ class VQVAE(GenerativeModel):
     def update_buffers(self, batch: Batch, step: int) -> None:
         """The codebook's post-step update (k-means at the first step, EMA, restarts) from this step's vectors."""
         if self._step_vectors is not None:
-            self.quantizer.update_buffers(self._step_vectors, batch, step)
-            self._step_vectors = None
+            self.quantizer.update_buffers(self._step_vectors, batch, step, self._step_indices)
+            self._step_vectors = self._step_indices = None
 
     def code_spec(self) -> CodeSpec:
         return CodeSpec(shape=self.grid, dtype="int64", num_symbols=self.config.num_codes)
