@@ -130,7 +130,7 @@ def test_a_code_unused_for_more_than_restart_after_steps_restarts_at_a_vector_of
         assert quantizer.codebook[1].norm() > 100  # unused for 1, then 2 steps: not more than restart_after
     quantizer.update_buffers(vectors, Batch.of(vectors, generator=torch.Generator().manual_seed(3)), step=3)
     assert (vectors - quantizer.codebook[1]).norm(dim=1).min() < 1e-6  # 3 > 2: restarted at a batch vector
-    assert quantizer.last_used.tolist() == [3, 3]  # used at step 3 / restarted at step 3
+    assert quantizer.last_used.tolist() == [3, -1] and quantizer.last_restart.tolist() == [0, 3]
     assert quantizer.codebook[0].norm() < 0.2  # code 0: still the EMA mean of the vectors near 0
 
 
@@ -141,9 +141,10 @@ def test_after_kmeans_the_counts_are_the_clusters_and_an_empty_cluster_restarts_
     assert sorted(quantizer.cluster_size.tolist()) == [0.0, 10.0, 30.0]
     empty = quantizer.cluster_size == 0
     quantizer.update_buffers(vectors, Batch.of(vectors, generator=torch.Generator().manual_seed(3)), step=1)
-    assert quantizer.last_used[empty].item() == 0  # one step unused is not more than restart_after=1
+    assert quantizer.last_restart[empty].item() == 0  # one step unused is not more than restart_after=1
     quantizer.update_buffers(vectors, Batch.of(vectors, generator=torch.Generator().manual_seed(4)), step=2)
-    assert quantizer.last_used[empty].item() == 2  # restarted, on a vector of the batch
+    assert quantizer.last_restart[empty].item() == 2  # restarted, on a vector of the batch
+    assert quantizer.last_used[empty].item() == -1  # and never chosen
     assert torch.cdist(quantizer.codebook[empty], vectors).min() == 0
 
 
@@ -153,4 +154,4 @@ def test_last_used_records_the_last_step_with_an_assignment():
     near_0, near_1 = torch.zeros(4, 2), torch.full((4, 2), 0.0) + torch.tensor([10.0, 0.0])
     quantizer.update_buffers(torch.cat([near_0, near_1]), Batch.of(torch.zeros(8, 1)), step=3)
     quantizer.update_buffers(near_0, Batch.of(torch.zeros(4, 1)), step=7)
-    assert quantizer.last_used.tolist() == [7, 3, 0]
+    assert quantizer.last_used.tolist() == [7, 3, -1]

@@ -116,8 +116,9 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("embed_sum", codebook.clone())  # (K, D) EMA of assigned vector sums
         else:
             self.codebook = nn.Parameter(codebook)
-        # (K,) the last step with an assignment in the global batch (or the code's (re)start)
-        self.register_buffer("last_used", torch.zeros(num_codes, dtype=torch.long))
+        # (K,) the last step with an assignment in the global batch (-1: none yet), and of the code's (re)start
+        self.register_buffer("last_used", torch.full((num_codes,), -1, dtype=torch.long))
+        self.register_buffer("last_restart", torch.zeros(num_codes, dtype=torch.long))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))  # k-means done
 
     def forward(self, vectors: Tensor) -> Quantised:
@@ -153,7 +154,7 @@ class VectorQuantizer(nn.Module):
             self._set_codebook(kmeans(global_vectors, self.num_codes, iterations=self.kmeans_iterations,
                                       generator=batch.generator))
             self.initialised.fill_(True)
-            self.last_used.fill_(step)
+            self.last_restart.fill_(step)
         if first or indices is None:
             indices = nearest_codes(vectors, self.codebook)
         local_counts, local_sums = assignment_statistics(vectors, indices.reshape(-1), self.num_codes)
@@ -170,12 +171,12 @@ class VectorQuantizer(nn.Module):
             self._restart_dead_codes(global_vectors, batch.generator, step)
 
     def _restart_dead_codes(self, vectors: Tensor, generator: torch.Generator | None, step: int) -> None:
-        dead = step - self.last_used > self.restart_after  # (K,) unused for more than restart_after steps
+        dead = step - torch.maximum(self.last_used, self.last_restart) > self.restart_after  # (K,)
         if not bool(dead.any()):
             return
         device = generator.device if generator is not None else vectors.device
         picks = torch.randint(len(vectors), (self.num_codes,), generator=generator, device=device).to(vectors.device)
-        self.last_used[dead] = step  # another restart_after steps to be chosen
+        self.last_restart[dead] = step  # another restart_after steps to be chosen
         if self.ema:
             self.cluster_size[dead] = self.cluster_size.sum() / self.num_codes
         self._set_codebook(torch.where(dead[:, None], vectors[picks], self.codebook.float()))
