@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/vq_codec.py train      # the VQ-VAEs and their code priors (resumable)
     benchmarks/.venv-ref/bin/python benchmarks/vq_codec.py quantiser   # against pythae, vector-quantize-pytorch
     benchmarks/.venv-ref/bin/python benchmarks/vq_codec.py rd          # rate-distortion and codec speed
+    benchmarks/.venv-ref/bin/python benchmarks/vq_codec.py health      # codebook health against pythae
 
 Stage `train` trains, on the training split only, each operating point of `OPERATING_POINTS` (the
 `fashion-mnist-vqvae` preset with the listed overrides) and then a `fashion-mnist-code-prior` run
@@ -31,6 +32,16 @@ curves cover (log bytes interpolated linearly in PSNR) and the Bjontegaard delta
 of log bytes against PSNR). Speed: images/s to compress and decompress
 uint8 arrays in memory, vaekit streams against WebP and AVIF files, same run. The prior's test
 cross-entropy beside the payload. Output: benchmarks/results/vq_rate_distortion.json.
+
+Stage `health` (reference environment): pythae's VQVAE (its MNIST ResNet encoder and decoder, EMA,
+decay 0.99, commitment 0.25, Adam lr 1e-3, batch 64) on the first 10,000 Fashion-MNIST training
+images for 3 epochs, K = 512 and 4096, its training seconds measured; then vaekit's
+`fashion-mnist-vqvae` on the same images with the same K for as many steps as fit in the same
+seconds (a 30-step probe measures its rate first). For both, on the whole test split in eval mode:
+codes in use (at least one assignment), perplexity / K, MSE per pixel and PSNR; codes dead at the
+end (no assignment on the 10,000 training images under the final weights); for vaekit also the
+codes without an assignment in the training batches of the last epoch (its `last_used` buffer).
+Output: benchmarks/results/vq_codebook_health.json, rewritten after every run.
 """
 
 from __future__ import annotations
@@ -170,9 +181,7 @@ def stage_quantiser(out: Path, rounds: int = 7) -> None:
 
 def test_images(count: int = 1000) -> np.ndarray:
     """The first `count` Fashion-MNIST test images, uint8 (N, 28, 28)."""
-    from vaekit.data import read_idx
-
-    return np.asarray(read_idx(FASHION / "t10k-images-idx3-ubyte.gz", magic=2051)[:count])
+    return (fashion_split("t10k", count)[:, 0] * 255).round().to(torch.uint8).numpy()
 
 
 def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
@@ -344,9 +353,107 @@ def stage_rd(out: Path) -> None:
     atomic_write_json(out, record)
 
 
+def fashion_split(name: str, count: int | None = None) -> torch.Tensor:
+    """Fashion-MNIST images (N, 1, 28, 28) in [0, 1]: split "train" or "t10k"."""
+    from vaekit.data import read_idx
+
+    pixels = np.asarray(read_idx(FASHION / f"{name}-images-idx3-ubyte.gz", magic=2051))[:count]
+    return torch.from_numpy(pixels.copy()).float().div(255)[:, None]
+
+
+def _health(indices: torch.Tensor, train_indices: torch.Tensor, num_codes: int, mse: float) -> dict:
+    """Codebook health from test-split and training-set code indices, and the test reconstruction error."""
+    from vaekit.quantize import perplexity
+
+    counts = torch.bincount(indices.flatten(), minlength=num_codes).float()
+    train_counts = torch.bincount(train_indices.flatten(), minlength=num_codes)
+    return {"codes_in_use": float((counts > 0).float().mean()), "perplexity": float(perplexity(counts)),
+            "perplexity_over_k": float(perplexity(counts)) / num_codes,
+            "dead_on_training_images": float((train_counts == 0).float().mean()),
+            "test_mse_per_pixel": mse, "test_psnr": float(10 * np.log10(1.0 / mse))}
+
+
+def pythae_health(num_codes: int, train: torch.Tensor, test: torch.Tensor) -> dict:
+    """pythae's VQVAE trained 3 epochs; its seconds and codebook health."""
+    from pythae.models import VQVAE, VQVAEConfig
+    from pythae.models.nn.benchmarks.mnist import (
+        Decoder_ResNet_VQVAE_MNIST,
+        Encoder_ResNet_VQVAE_MNIST,
+    )
+
+    torch.manual_seed(0)
+    config = VQVAEConfig(input_dim=(1, 28, 28), latent_dim=16, num_embeddings=num_codes, use_ema=True, decay=0.99,
+                         commitment_loss_factor=0.25)
+    model = VQVAE(config, encoder=Encoder_ResNet_VQVAE_MNIST(config), decoder=Decoder_ResNet_VQVAE_MNIST(config))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    start = time.perf_counter()
+    for _ in range(3):  # epochs, as pythae's BaseTrainer steps: forward, .loss, zero_grad, backward, step
+        for rows in torch.randperm(len(train)).split(64):
+            loss = model({"data": train[rows]}).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    seconds = time.perf_counter() - start
+    model.eval()
+
+    def indices_and_mse(images: torch.Tensor) -> tuple[torch.Tensor, float]:
+        found, squared = [], 0.0
+        with torch.inference_mode():
+            for chunk in images.split(500):
+                out = model({"data": chunk})
+                found.append(out.quantized_indices.flatten())
+                squared += float((out.recon_x - chunk).pow(2).sum())
+        return torch.cat(found), squared / images.numel()
+
+    test_indices, mse = indices_and_mse(test)
+    return {"train_seconds": seconds, "grid": [4, 4]} | _health(test_indices, indices_and_mse(train)[0], num_codes, mse)
+
+
+def vaekit_health(num_codes: int, seconds: float) -> dict:
+    """vaekit's preset on the same images with the same K, trained for about `seconds`; its codebook health."""
+    overrides = [f"out_dir={RUNS / 'health'}", "data.max_train=10000", f"model.num_codes={num_codes}",
+                 "train.eval_every=100000", "train.checkpoint_every=100000"]
+    probe = vaekit.train("fashion-mnist-vqvae", overrides=[*overrides, f"name=probe-{num_codes}", "train.steps=30"],
+                         force=True, quiet=True)
+    rate = 30 / max(json.loads(line).get("train_seconds", 0.0)
+                    for line in (probe / "metrics.jsonl").read_text().splitlines())
+    steps = max(1, int(seconds * rate))
+    run_dir = vaekit.train("fashion-mnist-vqvae", overrides=[*overrides, f"name=k{num_codes}", f"train.steps={steps}",
+                                                             f"train.checkpoint_every={steps}"], force=True, quiet=True)
+    model = vaekit.load(run_dir).eval()
+    quantizer = model.quantizer
+    train, test = fashion_split("train", 10000), fashion_split("t10k")
+    with torch.inference_mode():
+        test_codes = torch.cat([model.latent_codes(chunk) for chunk in test.split(500)])
+        train_codes = torch.cat([model.latent_codes(chunk) for chunk in train.split(500)])
+        mse = sum(float((model.reconstruct(chunk) - chunk).pow(2).sum()) for chunk in test.split(500)) / test.numel()
+    last_epoch_start = steps - int(np.ceil(10000 / model.run_config.train.batch_size))
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"steps": steps, "train_seconds": max(m.get("train_seconds", 0.0) for m in metrics),
+            "grid": list(model.grid),
+            "dead_in_last_epoch_batches": float((quantizer.last_used < last_epoch_start).float().mean())} | _health(
+        test_codes, train_codes, num_codes, mse)
+
+
+def stage_health(out: Path) -> None:
+    """pythae's VQVAE against vaekit's at K = 512 and 4096 in the same training time (see the docstring)."""
+    record = json.loads(out.read_text()) if out.is_file() else {}
+    train, test = fashion_split("train", 10000), fashion_split("t10k")
+    for num_codes in (512, 4096):
+        key = str(num_codes)
+        entry = record.setdefault(key, {})
+        if "pythae" not in entry:
+            entry["pythae"] = pythae_health(num_codes, train, test) | {"loadavg": os.getloadavg()}
+            atomic_write_json(out, record)
+        if "vaekit" not in entry:
+            entry["vaekit"] = vaekit_health(num_codes, entry["pythae"]["train_seconds"]) | {"loadavg": os.getloadavg()}
+            atomic_write_json(out, record)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["train", "quantiser", "rd"])
+    parser.add_argument("stage", choices=["train", "quantiser", "rd", "health"])
     args = parser.parse_args()
     if args.stage == "train":
         stage_train(ROOT / "results" / "vq_codec_train.json")
@@ -354,6 +461,8 @@ def main() -> None:
         stage_quantiser(ROOT / "results" / "vq_quantiser_speed.json")
     elif args.stage == "rd":
         stage_rd(ROOT / "results" / "vq_rate_distortion.json")
+    elif args.stage == "health":
+        stage_health(ROOT / "results" / "vq_codebook_health.json")
 
 
 if __name__ == "__main__":

@@ -38,3 +38,38 @@ def test_a_short_run_learns_to_reconstruct_and_uses_its_codebook(tmp_path):
     assert train[-1]["reconstruction"] < 0.5 * train[0]["reconstruction"]
     ema = load_file(run_dir / "checkpoints/step-300/ema.safetensors")
     assert not any(key.startswith("quantizer.") for key in ema)  # the EMA codebook is not averaged again
+
+
+def test_the_colour_preset_trains_on_generated_32x32_images_and_its_codes_compress_and_come_back(tmp_path):
+    """A user's colour array file (N, 32, 32, 3) uint8 with the images-vqvae preset (8x8 codes), then its prior
+    and a .vqz round trip of odd-sized colour images."""
+    import numpy as np
+
+    from vaekit.coding.vq_codec import VQCodec
+    from vaekit.config import load_config
+
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[0:32, 0:32]
+    images = np.stack([np.stack([(rows * a + cols * b) % 256 for a, b in rng.integers(1, 16, size=(3, 2))], -1)
+                       for _ in range(64)]).astype(np.uint8)  # (64, 32, 32, 3) coloured stripes
+    np.save(tmp_path / "colour.npy", images)
+    small = ["model.channels=16", "model.num_codes=32", "model.code_dim=8", "model.residual_cells=1"]
+    vq = vaekit.train(load_config("images-vqvae", [
+        f"out_dir={tmp_path}", "name=vq", f"data.path={tmp_path / 'colour.npy'}", *small, "train.steps=6",
+        "train.batch_size=16", "train.eval_every=6", "train.checkpoint_every=6", "eval.num_images=8",
+        "eval.num_grid_images=4"]), quiet=True)
+    assert vaekit.load(vq).code_spec().shape == (8, 8)
+    prior = vaekit.train(load_config("digits-code-prior", [
+        f"out_dir={tmp_path}", "name=prior", f"parent={vq}", "model.width=16", "model.layers=1", "train.steps=4",
+        "train.batch_size=16",
+        "train.eval_every=4", "train.checkpoint_every=4", "eval.num_images=8", "eval.num_grid_images=4"]),
+        quiet=True)
+    codec = VQCodec(vaekit.load(prior))
+    odd = torch.from_numpy(images[:3, :30, :27]).permute(0, 3, 1, 2).float().div(255)  # (3, 3, 30, 27)
+    data = codec.compress(odd)
+    _, codes = codec.decode_codes(data)
+    decoded = codec.decompress(data)
+    assert decoded.shape == (3, 3, 30, 27) and decoded.dtype == torch.uint8
+    with torch.inference_mode():
+        padded = torch.nn.functional.pad(odd, (0, 5, 0, 2), mode="replicate")
+        assert torch.equal(codes, codec.vq.latent_codes(padded))

@@ -130,3 +130,19 @@ def save_rate_distortion_plot(rates: list[float], distortions: list[float], labe
     axes.grid(alpha=0.3)
     figure.tight_layout()
     return _save_figure(figure, path)
+
+
+def save_codec_comparison_plot(curves: dict[str, list[tuple[float, float]]], path: str | Path) -> Path:
+    """Rate-distortion of image codecs: per codec its (bytes per image, PSNR in dB) points, bytes on a log axis."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(5.5, 4), dpi=100)
+    for name, points in curves.items():
+        ordered = sorted(points)
+        axes.plot([b for b, _ in ordered], [p for _, p in ordered], "o-" if len(points) < 8 else ".-", label=name)
+    axes.set_xscale("log")
+    axes.set_xlabel("bytes per image")
+    axes.set_ylabel("PSNR (dB)")
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    return _save_figure(figure, path)
