@@ -36,3 +36,15 @@ def test_saved_grid_is_the_grid_enlarged_by_nearest_neighbour(tmp_path):
     assert picture.shape == expected.shape == (2 * 9 * 3 + 3, 4 * 9 * 3 + 3, 3)
     np.testing.assert_array_equal(picture, expected)
     assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # the atomic write left no temporary file
+
+
+def test_the_codec_comparison_plot_draws_each_codec_on_a_log_byte_axis(tmp_path):
+    from vaekit.viz import save_codec_comparison_plot
+
+    path = save_codec_comparison_plot({"ours": [(40.0, 27.0), (90.0, 31.0)], "WebP": [(160.0, 27.5), (230.0, 34.0)]},
+                                      tmp_path / "rd.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (550, 400)
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    colours = {tuple(p) for p in pixels[(pixels.max(1) - pixels.min(1)) > 100]}  # saturated: the two lines
+    assert len(colours) > 2
