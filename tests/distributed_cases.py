@@ -1,4 +1,5 @@
-"""Tiny training runs of every registered model, for the 1-process vs 2-process equivalence test.
+"""Tiny training runs of every registered model, for the 1-process vs 2-process equivalence tests
+(training, and sharded evaluation of a trained run).
 
 Each case: a preset, key=value overrides, and the case whose run is its parent (two-stage models).
 A registered model without a case fails tests/test_distributed.py, so every future model joins.
@@ -7,8 +8,13 @@ A registered model without a case fails tests/test_distributed.py, so every futu
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import vaekit
 from vaekit.config import RunConfig, load_config
+from vaekit.data import load_data
+from vaekit.engine.distributed import ONE_PROCESS, Shard
+from vaekit.evaluation import evaluate
 
 STEPS = 6
 COMMON = [f"train.steps={STEPS}", "train.batch_size=16", "train.log_every=3", f"train.eval_every={STEPS}",
@@ -45,3 +51,16 @@ def case_config(name: str, out_dir: Path, run_name: str) -> RunConfig:
     extra = [f"parent={out_dir / (parent + '-1')}"] if parent else []
     cache = [f"data.cache_dir={out_dir / 'cache'}"] if any(o.startswith("data={name: procedural") for o in overrides) else []
     return load_config(preset, [f"out_dir={out_dir}", f"name={run_name}", *COMMON, *overrides, *extra, *cache])
+
+
+def case_scores(run_dir: Path, shard: Shard = ONE_PROCESS) -> dict[str, Any]:
+    """`evaluate` of a trained run with its eval config (and the exact EMD of point clouds), this process's share."""
+    model = vaekit.load(run_dir)
+    config = model.run_config
+    eval_config = config.eval.model_copy(update={"point_cloud_emd": True})
+    return evaluate(model, load_data(config.data), eval_config, shard=shard)
+
+
+def sharded_scores_path(out_dir: Path, case: str, rank: int) -> Path:
+    """Where process `rank` of 2 writes its scores of the 1-process run of `case`."""
+    return out_dir / f"eval-{case}-rank{rank}-of-2.json"

@@ -1,15 +1,17 @@
 """Every registered model: 2 CPU processes (torchrun, gloo) with batch B each reach the same parameters,
-buffers and weight averages after N steps as 1 process with batch 2B."""
+buffers and weight averages after N steps as 1 process with batch 2B; and `evaluate` of a trained run
+on 2 processes (sharded evaluation) gives every process the scores of 1 process."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from distributed_cases import CASES, case_config
+from distributed_cases import CASES, case_config, case_scores, sharded_scores_path
 from safetensors.torch import load_file
 
 import vaekit
@@ -20,6 +22,10 @@ TESTS = Path(__file__).resolve().parent
 # weight whose gradient is near 0 may move by rounding noise: 5e-5 is 2% of what 6 steps at lr 5e-4
 # can move a weight. A per-process batch-level term misses by far more (kernel MMD: ~1e-2).
 ATOL = 5e-5
+# Sharded evaluation scores the same examples in chunks of other sizes: float32 rounding only. The NLL
+# must hold to 1e-4 nats per image (the mean NLL then too).
+EVAL_RTOL, EVAL_ATOL = 1e-5, 1e-6
+NATS_PER_IMAGE = 1e-4
 
 
 def test_every_registered_model_has_a_distributed_case():
@@ -28,7 +34,8 @@ def test_every_registered_model_has_a_distributed_case():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
-    """Every case trained once in 1 process (OUT/<case>-1) and once in 2 processes (OUT/<case>-2)."""
+    """Every case trained once in 1 process (OUT/<case>-1) and once in 2 processes (OUT/<case>-2), and the
+    1-process run scored by 2 processes."""
     out_dir = tmp_path_factory.mktemp("distributed")
     cases = sorted(CASES, key=lambda name: CASES[name][2] is not None)  # parents first
     for case in cases:
@@ -55,6 +62,18 @@ def test_two_processes_match_one_process_with_the_doubled_batch(runs, case):
         assert a.keys() == b.keys()
         for key in a:  # parameters and buffers (batch-norm statistics, EMA codebooks, usage counts)
             torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=ATOL, msg=f"{case}: {filename}: {key}")
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_sharded_evaluation_on_two_processes_equals_one_process(runs, case):
+    one = case_scores(runs / f"{case}-1")
+    for rank in range(2):  # every process returns the gathered scores
+        two = json.loads(sharded_scores_path(runs, case, rank).read_text())
+        assert two.keys() == one.keys()
+        for key, value in one.items():
+            tolerance = {"rel": 0, "abs": NATS_PER_IMAGE} if key.startswith(("nll", "elbo")) else \
+                {"rel": EVAL_RTOL, "abs": EVAL_ATOL}
+            assert two[key] == pytest.approx(value, **tolerance), f"{case}: {key} on process {rank}"
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -12,10 +12,16 @@ on one process. Gradient rule: DDP averages parameter gradients over the W proce
 process computes the same global term, so the gradient reaching a process's own rows through
 `all_gather` is multiplied by W; `all_reduce` sums gradients over processes in its backward. Either
 way W processes with batch B get the gradients of one process with batch W*B.
+
+Evaluation draws (importance sampling) are keyed by (seed, example index) instead (`ExampleNoise`):
+each example has its own generator, so its draws do not depend on the chunk or the process that
+scores it.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -124,3 +130,44 @@ def step_generator(seed: int, step: int, device: torch.device | str = "cpu") -> 
     generator = torch.Generator(device=device)
     generator.manual_seed((seed * 1_000_003 + step) % (2**63 - 1))
     return generator
+
+
+def example_generator(seed: int, index: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of example `index` under `seed`: seeded from a hash of (seed, index), a pure function of both."""
+    digest = hashlib.blake2b(f"{seed}/{index}".encode(), digest_size=8).digest()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int.from_bytes(digest, "little") >> 1)  # 63 bits
+    return generator
+
+
+@dataclass(frozen=True)
+class ExampleNoise:
+    """Noise keyed by (seed, example index): each example draws from its own generator, so its draws do not
+    depend on the chunk, its position in it or the process that holds it (evaluation's importance sampling)."""
+
+    generators: tuple[torch.Generator, ...]  # one per example, in batch order
+
+    @staticmethod
+    def of(seed: int, indices: Iterable[int], device: torch.device | str = "cpu") -> ExampleNoise:
+        """The generators of the examples with these global indices."""
+        return ExampleNoise(tuple(example_generator(seed, index, device) for index in indices))
+
+    def randn(self, *shape: int, batch_dim: int = 0) -> Tensor:
+        """Standard normal noise of `shape` whose `batch_dim` indexes the examples, each from its own generator."""
+        if shape[batch_dim] != len(self.generators):
+            raise ValueError(f"noise of shape {shape} for {len(self.generators)} examples along dim {batch_dim}")
+        per_example = shape[:batch_dim] + shape[batch_dim + 1 :]
+        return torch.stack([torch.randn(per_example, generator=g, device=g.device) for g in self.generators], batch_dim)
+
+
+Noise = torch.Generator | ExampleNoise  # one stream for the whole batch, or one per example
+
+
+def standard_normal(shape: tuple[int, ...], noise: Noise | None, *, batch_dim: int, device: torch.device) -> Tensor:
+    """N(0, I) draws of `shape` on `device`: from one generator's stream, from each example's own (`batch_dim`
+    indexes the examples), or from torch's global generator (None)."""
+    if isinstance(noise, ExampleNoise):
+        drawn = noise.randn(*shape, batch_dim=batch_dim)
+    else:
+        drawn = torch.randn(shape, generator=noise, device=noise.device if noise is not None else device)
+    return drawn.to(device)

@@ -9,10 +9,15 @@ import torch
 
 from vaekit.config import EvalConfig
 from vaekit.data import ImageData, PointCloudData
-from vaekit.distributions import DiagonalGaussian
+from vaekit.engine.distributed import ONE_PROCESS, Shard
 from vaekit.errors import CapabilityError, ConfigError
 from vaekit.latent_paths import slerp, traversal
-from vaekit.metrics.images import latent_scores, likelihood_scores, reconstruction_scores
+from vaekit.metrics.images import (
+    encoded_posterior,
+    latent_scores,
+    likelihood_scores,
+    reconstruction_scores,
+)
 from vaekit.metrics.latent import kl_per_dimension
 from vaekit.metrics.pointclouds import linear_svm_accuracy
 from vaekit.metrics.pointclouds import reconstruction_scores as point_cloud_scores
@@ -29,67 +34,84 @@ def test_images(model: GenerativeModel, data: ImageData | PointCloudData, config
 
 @torch.inference_mode()
 def evaluate(model: GenerativeModel, data: ImageData | PointCloudData, config: EvalConfig, *,
-             progress: bool = False) -> dict[str, Any]:
+             progress: bool = False, shard: Shard = ONE_PROCESS) -> dict[str, Any]:
     """Scores of `model` on the test split: likelihood (latent-variable models), latents, reconstructions.
 
-    `progress` shows a bar over the importance-sampled NLL, the long part."""
+    `progress` shows a bar over the importance-sampled NLL, the long part. Under torchrun every
+    process calls this with its `shard` (`DistContext.shard`): each scores its share of the test
+    examples (NLL images, encodings, reconstructions, features) and every process returns the
+    gathered scores, the 1-process numbers. What is not shared (a model's `extra_scores`, drawing
+    samples, fitting the SVM) runs on every process alike.
+    """
     was_training = model.training
     model.eval()
     x = test_images(model, data, config)
     results: dict[str, Any] = {}
     if isinstance(data, PointCloudData):
-        results |= point_cloud_scores(model, x, config.images_per_chunk, emd=config.point_cloud_emd)
+        results |= point_cloud_scores(model, x, config.images_per_chunk, emd=config.point_cloud_emd, shard=shard)
         if model.can(Capability.FLAT_CODES) and len(data.categories) > 1:
-            results["svm_accuracy"] = representation_test(model, data, config.images_per_chunk)
+            results["svm_accuracy"] = representation_test(model, data, config.images_per_chunk, shard=shard)
         results |= model.extra_scores(x)
         model.train(was_training)
         return results
     if model.can(Capability.LIKELIHOOD):
-        spec = model.likelihood
-        results |= likelihood_scores(model, x, config, is_discrete=spec.is_discrete, num_levels=data.num_levels,
-                                    progress=progress)
+        def nll_scores(num_samples: int) -> dict[str, float]:
+            other = config.model_copy(update={"num_importance_samples": num_samples})
+            return likelihood_scores(model, x, other, is_discrete=model.likelihood.is_discrete,
+                                     num_levels=data.num_levels, progress=progress, shard=shard)
+
+        results |= nll_scores(config.num_importance_samples)
         for k in config.extra_importance_samples:  # the gap between K's shows whether the estimate converged
-            other = config.model_copy(update={"num_importance_samples": k})
-            results[f"nll_k{k}"] = likelihood_scores(model, x, other, is_discrete=spec.is_discrete,
-                                                     num_levels=data.num_levels, progress=progress)["nll"]
+            results[f"nll_k{k}"] = nll_scores(k)["nll"]
     if model.can(Capability.GAUSSIAN_POSTERIOR):
-        results |= latent_scores(model, x, config)
+        results |= latent_scores(model, x, config, shard=shard)
         if "elbo" in results:
             results["reconstruction_nll"] = -(results["elbo"] + results["kl"])
-    results |= reconstruction_scores(model, x, config.images_per_chunk)
+    results |= reconstruction_scores(model, x, config.images_per_chunk, shard=shard)
     results |= model.extra_scores(x)
     if config.sample_quality_samples and model.can(Capability.SAMPLE):
-        results |= sample_quality(model, data, config.sample_quality_samples, seed=config.seed)
+        results |= sample_quality(model, data, config.sample_quality_samples, seed=config.seed, shard=shard)
     model.train(was_training)
     return results
 
 
 @torch.inference_mode()
-def representation_test(model: GenerativeModel, data: PointCloudData, chunk: int) -> float:
+def representation_test(model: GenerativeModel, data: PointCloudData, chunk: int, *,
+                        shard: Shard = ONE_PROCESS) -> float:
     """Linear-SVM category accuracy on the test split's latent codes, trained on the train split's."""
     def codes(clouds: torch.Tensor) -> torch.Tensor:
-        return torch.cat([model.latent_codes(c.to(model.device)).float().cpu() for c in clouds.split(chunk)])
+        return shard.map_rows(lambda rows, _: model.latent_codes(rows.to(model.device)).float().cpu(), clouds, chunk)
 
     return linear_svm_accuracy(codes(data.train), data.train_labels, codes(data.test), data.test_labels)
 
 
 @torch.inference_mode()
-def sample_quality(model: GenerativeModel, data: ImageData, num_samples: int, *, seed: int) -> dict[str, float]:
+def sample_quality(model: GenerativeModel, data: ImageData, num_samples: int, *, seed: int,
+                   shard: Shard = ONE_PROCESS) -> dict[str, float]:
     """FD and KID between decoder-mean samples and the grey-level test split, in vaekit's Fashion-MNIST
-    classifier features ("FD in vaekit's Fashion-MNIST classifier features", not Inception FID)."""
+    classifier features ("FD in vaekit's Fashion-MNIST classifier features", not Inception FID).
+
+    Every process draws every sample (one generator); each computes the features of its share."""
     if data.name != "fashion_mnist":
         raise ConfigError("eval.sample_quality_samples scores Fashion-MNIST runs only (its classifier's features)")
     from vaekit.metrics.features import (
+        FEATURE_CHUNK,
         classifier_features,
         frechet_distance,
         kernel_inception_distance,
+        load_classifier,
     )
 
     generator = torch.Generator().manual_seed(seed)
     samples = torch.cat([model.sample(min(1000, num_samples - done), generator=generator).cpu()
                          for done in range(0, num_samples, 1000)])
     reference = data.test_grey if data.test_grey is not None else data.test
-    fake, real = classifier_features(samples), classifier_features(reference.cpu())
+    classifier = load_classifier()
+
+    def features(images: torch.Tensor) -> torch.Tensor:
+        return shard.map_rows(lambda rows, _: classifier_features(rows, classifier), images, FEATURE_CHUNK)
+
+    fake, real = features(samples), features(reference.cpu())
     kid, kid_std = kernel_inception_distance(fake, real, seed=seed)
     return {"fd_classifier": frechet_distance(fake, real), "kid_classifier": kid, "kid_classifier_std": kid_std,
             "sample_quality_samples": num_samples}
@@ -101,9 +123,8 @@ def write_posterior_plot(model: GenerativeModel, data: ImageData, config: EvalCo
     if not model.can(Capability.GAUSSIAN_POSTERIOR):
         raise CapabilityError(f"model {model.config.name!r} has no Gaussian encoder: --plots draws the mean and "
                               "log_var of q(z|x)")
-    parts = [model.encode(c) for c in test_images(model, data, config).split(config.images_per_chunk)]
-    mean, log_var = torch.cat([p.mean for p in parts]).float(), torch.cat([p.log_var for p in parts]).float()
-    return save_posterior_plot(mean, log_var, kl_per_dimension(DiagonalGaussian(mean, log_var)), path)
+    posterior = encoded_posterior(model, test_images(model, data, config), config.images_per_chunk)
+    return save_posterior_plot(posterior.mean, posterior.log_var, kl_per_dimension(posterior), path)
 
 
 @torch.inference_mode()

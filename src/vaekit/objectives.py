@@ -14,11 +14,11 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
+from vaekit.batch import Noise
+
 
 class LatentVariableModel(Protocol):
-    def log_weights(
-        self, x: Tensor, num_samples: int, generator: torch.Generator | None = None
-    ) -> Tensor:
+    def log_weights(self, x: Tensor, num_samples: int, generator: Noise | None = None) -> Tensor:
         """log p(x, z_k) - log q(z_k|x) for K posterior draws: x (B, ...) -> (K, B)."""
         ...
 
@@ -93,13 +93,14 @@ def importance_sampled_log_px(
     *,
     num_samples: int,
     samples_per_chunk: int,
-    generator: torch.Generator | None = None,
+    generator: Noise | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Importance-sampled log p(x) ~= log (1/K) sum_k w_k (Burda et al. 2016 eq. (8) as an estimator).
 
     The K draws are taken `samples_per_chunk` at a time and merged with a streaming log-sum-exp,
     so memory is bounded by one chunk. Returns (log_px (B,), elbo (B,)), where the ELBO is the
-    mean of the same K log-weights.
+    mean of the same K log-weights. With `ExampleNoise` each image's draws come from its own
+    generator, so its estimate does not depend on the other images of x.
     """
     running_lse = torch.full((x.shape[0],), -math.inf, device=x.device)
     running_sum = torch.zeros(x.shape[0], device=x.device)

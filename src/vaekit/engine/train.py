@@ -35,7 +35,7 @@ from vaekit.engine.checkpoint import (
     save_checkpoint,
     tensor_specs,
 )
-from vaekit.engine.distributed import DistContext, init_distributed
+from vaekit.engine.distributed import ONE_PROCESS, DistContext, Shard, init_distributed
 from vaekit.engine.rundir import (
     METRICS_FILE,
     MetricsLog,
@@ -331,7 +331,7 @@ class Trainer:
                 sums = {}
             if self.step % cfg.eval_every == 0 or last:
                 self._check_finite(nonfinite, step)
-                self._evaluate()
+                self._evaluate(self.ctx.shard)
             if self.step % cfg.checkpoint_every == 0 or last:
                 self._check_finite(nonfinite, step)
                 self._save()
@@ -375,7 +375,7 @@ class Trainer:
             if _binarize(self.config) == "dynamic":
                 x = binarize(x, step_generator(self.train_cfg.seed, 0, self.ctx.device))
             self._log("train", self.model.fit(x))
-            self._evaluate()
+            self._evaluate(ONE_PROCESS)  # only this process holds the fitted model: it scores every example
         self._save()
 
     def _batch(self, step: int) -> Batch:
@@ -442,12 +442,15 @@ class Trainer:
             self._tensorboard = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
         return self._tensorboard
 
-    def _evaluate(self) -> None:
+    def _evaluate(self, shard: Shard) -> None:
+        """Test scores, each process of `shard` computing its share (all of them call this); rank 0 draws and logs."""
+        with self._eval_weights():
+            results = evaluate(self.model, self.data, self.config.eval, progress=not self.quiet and self.ctx.is_main,
+                               shard=shard)
+            if self.ctx.is_main:
+                write_pictures(self.model, self.data, self.run_dir, self.step, self.config.eval)
         if not self.ctx.is_main:
             return
-        with self._eval_weights():
-            results = evaluate(self.model, self.data, self.config.eval, progress=not self.quiet)
-            write_pictures(self.model, self.data, self.run_dir, self.step, self.config.eval)
         scalars = {k: v for k, v in results.items() if isinstance(v, (int, float))}
         if not self.quiet:
             tqdm.write(f"step {self.step}: " + ", ".join(f"{k}={v:.4g}" for k, v in scalars.items()))

@@ -41,6 +41,7 @@ from vaekit.emd import (
     random_directions,
     sorted_projections,
 )
+from vaekit.engine.distributed import ONE_PROCESS, Shard
 from vaekit.io import atomic_write_npz
 from vaekit.metrics.pointclouds import (
     SetDistances,
@@ -84,6 +85,16 @@ class SearchState:
         np.fill_diagonal(level, EXACT)
         return cls(np.zeros((size, size)), level, 0, 0)
 
+    def merge(self, shard: Shard) -> None:
+        """Combine what every process learnt: per pair the largest entry and level over processes.
+
+        Sound because every entry is a lower bound of the pair's EMD or the EMD itself (the same
+        float64 value on every process): the maximum is the exact value where any process solved
+        the pair, and a lower bound elsewhere.
+        """
+        self.distances = shard.maximum(torch.from_numpy(self.distances)).numpy()
+        self.level = shard.maximum(torch.from_numpy(self.level)).numpy()
+
     def exact_solves(self) -> int:
         """Distinct pairs solved exactly."""
         return int(((self.level == EXACT).sum() - len(self.level)) // 2)
@@ -91,26 +102,31 @@ class SearchState:
 
 def sliced_lower_bounds(clouds: Tensor, state: SearchState, *, num_directions: int = 128, blocks: int = 128,
                         columns_per_chunk: int = 256, progress: bool = False,
-                        checkpoint: tuple[Path, float] | None = None) -> None:
+                        checkpoint: tuple[Path, float] | None = None, shard: Shard = ONE_PROCESS) -> None:
     """Fill `state.distances` with the max-sliced bound of every pair (float64), row by row.
 
     The sorted projections are averaged over `blocks` runs (fewer if the point count has no such divisor).
+    Each process bounds its share of the rows (`shard`, counted by `state.rows_bounded`) and every
+    process gets every bound.
     """
     points = clouds.shape[1]
     blocks = max(b for b in range(1, min(blocks, points) + 1) if points % b == 0)
     projections = sorted_projections(clouds.double(), random_directions(num_directions), blocks)  # (N, L, b)
     size = len(clouds)
+    own = shard.indices(size)
     last_save = time.monotonic()
-    for i in tqdm(range(state.rows_bounded, size), disable=not progress, desc="EMD sliced bounds",
-                  initial=state.rows_bounded, total=size):
+    for position in tqdm(range(state.rows_bounded, len(own)), disable=not progress, desc="EMD sliced bounds",
+                         initial=state.rows_bounded, total=len(own)):
+        i = own[position]
         for start in range(i + 1, size, columns_per_chunk):
             columns = np.arange(start, min(start + columns_per_chunk, size))
             bound = (max_sliced_bound(projections[i], projections[columns]) - SAFETY).clamp_min(0.0).numpy()
             state.distances[i, columns] = state.distances[columns, i] = bound
-        state.rows_bounded = i + 1
+        state.rows_bounded = position + 1
         if checkpoint is not None and time.monotonic() - last_save > checkpoint[1]:
             state.save(checkpoint[0])
             last_save = time.monotonic()
+    state.merge(shard)  # the other processes' rows: their bounds are above the zeros held here
 
 
 @dataclass
@@ -185,23 +201,28 @@ def nearest_exact(query: int, candidates: np.ndarray, clouds: Tensor, state: Sea
 
 def emd_set_metrics(samples: Tensor, references: Tensor, *, metrics: tuple[str, ...] = ("mmd", "cov", "1nna"),
                     num_directions: int = 128, state_path: Path | None = None, save_every_s: float = 60.0,
-                    workers: int = 1, progress: bool = False) -> dict[str, float]:
+                    workers: int = 1, progress: bool = False, shard: Shard = ONE_PROCESS) -> dict[str, float]:
     """MMD-EMD, COV-EMD and 1-NNA-EMD between a generated set S (|S|, P, 3) and a reference set R (|R|, P, 3), exact.
 
     `metrics` picks which to compute: MMD and COV only query across the sets, 1-NNA also within
     them (most of the work). Also reports how many of the distinct pairs were solved exactly and how many each bound pruned
     (pairs a query never reached keep the sliced bound). `state_path` makes the
-    search resumable (it is written every `save_every_s` seconds and at the end). `workers` threads
-    answer queries side by side, sharing what each learns (the exact solves release the GIL): the
-    values are the same for any number, the solve count may differ slightly.
+    search resumable (it is written every `save_every_s` seconds and at the end; one file per
+    process, `Shard.own_file`). `workers` threads answer queries side by side, sharing what each
+    learns (the exact solves release the GIL). Each process answers its share of the queries
+    (`shard`) and the processes' searches are merged (`SearchState.merge`), so every process gets
+    the metrics. The values are the same for any number of threads and processes; the solve count
+    may differ slightly.
     """
     if samples.ndim != 3 or references.ndim != 3 or samples.shape[1:] != references.shape[1:]:
         raise ValueError(f"Expected sets of equal-size clouds (N, P, 3), got {tuple(samples.shape)} and {tuple(references.shape)}")
     clouds = torch.cat([samples, references]).double().cpu()
     num_samples, size = len(samples), len(clouds)
+    state_path = shard.own_file(state_path)
     state = SearchState.load_or_new(state_path, size)
     checkpoint = (state_path, save_every_s) if state_path is not None else None
-    sliced_lower_bounds(clouds, state, num_directions=num_directions, progress=progress, checkpoint=checkpoint)
+    sliced_lower_bounds(clouds, state, num_directions=num_directions, progress=progress, checkpoint=checkpoint,
+                        shard=shard)
     unknown = set(metrics) - {"mmd", "cov", "1nna"}
     if unknown:
         raise ValueError(f"unknown EMD metrics {sorted(unknown)}: choose from mmd, cov, 1nna")
@@ -209,6 +230,7 @@ def emd_set_metrics(samples: Tensor, references: Tensor, *, metrics: tuple[str, 
     queries = [(i, np.delete(everyone, i)) for i in range(size)] if "1nna" in metrics else []  # nearest in S + R
     queries += [(s, everyone[num_samples:]) for s in range(num_samples)] if "cov" in metrics else []  # nearest reference
     queries += [(r, everyone[:num_samples]) for r in range(num_samples, size)] if "mmd" in metrics else []  # nearest sample
+    queries = [queries[index] for index in shard.indices(len(queries))]  # this process's share
     lock, coarse = threading.Lock(), _Coarse(summaries={})
     last_save = time.monotonic()
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(queries), initial=state.queries_done, disable=not progress,
@@ -221,6 +243,7 @@ def emd_set_metrics(samples: Tensor, references: Tensor, *, metrics: tuple[str, 
             if checkpoint is not None and time.monotonic() - last_save > save_every_s:
                 state.save(checkpoint[0])
                 last_save = time.monotonic()
+    state.merge(shard)
     if checkpoint is not None:
         state.save(checkpoint[0])
     matrix = torch.from_numpy(state.distances)

@@ -24,6 +24,7 @@ ASSET_DIR = Path(__file__).resolve().parent.parent / "assets"
 CLASSIFIER_WEIGHTS = ASSET_DIR / "fashion_mnist_classifier.safetensors"
 CLASSIFIER_CARD = ASSET_DIR / "fashion_mnist_classifier.json"
 FEATURE_DIM = 128
+FEATURE_CHUNK = 1000  # images through the classifier at once
 
 
 class FashionClassifier(nn.Module):
@@ -56,7 +57,8 @@ def classifier_card() -> dict:
 
 
 @torch.inference_mode()
-def classifier_features(images: Tensor, classifier: FashionClassifier | None = None, chunk: int = 1000) -> Tensor:
+def classifier_features(images: Tensor, classifier: FashionClassifier | None = None,
+                        chunk: int = FEATURE_CHUNK) -> Tensor:
     """128-d penultimate features of images (N, 1, 28, 28) in [0, 1]: (N, 128), float64."""
     if images.ndim != 4 or tuple(images.shape[1:]) != (1, 28, 28):
         raise ValueError(f"expected Fashion-MNIST images of shape (N, 1, 28, 28), got {tuple(images.shape)}")

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from vaekit.distributions import DiagonalGaussian, kl_divergence
+from vaekit.engine.distributed import ONE_PROCESS, Shard
 
 
 def kl_per_dimension(posterior: DiagonalGaussian) -> Tensor:
@@ -27,7 +28,10 @@ def active_units(posterior: DiagonalGaussian, threshold: float = 0.01) -> Tensor
     return posterior.mean.float().var(0, unbiased=True) > threshold
 
 
-def log_aggregate_posterior(z: Tensor, posterior: DiagonalGaussian, chunk: int = 1024) -> Tensor:
+Z_CHUNK = 1024  # draws z_m scored at once against the N posteriors (memory: Z_CHUNK x N)
+
+
+def log_aggregate_posterior(z: Tensor, posterior: DiagonalGaussian, chunk: int = Z_CHUNK) -> Tensor:
     """log q(z_m) = log (1/N) sum_n q(z_m | x_n) for z (M, D) against N posteriors: (M,).
 
     Uses the expanded quadratic form in float64, one chunk of z at a time:
@@ -46,16 +50,17 @@ def log_aggregate_posterior(z: Tensor, posterior: DiagonalGaussian, chunk: int =
 
 
 def aggregate_kl_and_mutual_information(
-    posterior: DiagonalGaussian, generator: torch.Generator | None = None
+    posterior: DiagonalGaussian, generator: torch.Generator | None = None, *, shard: Shard = ONE_PROCESS
 ) -> tuple[float, float]:
     """(KL(q(z) || p(z)), I(x; z)) estimated with one draw z_n ~ q(z|x_n) per data point, in nats.
 
     Monte-Carlo over the N draws, with q(z) the mixture of the N posteriors (the estimator of
-    He et al. 2019, which includes each point's own component, so it is biased by O(1/N)).
+    He et al. 2019, which includes each point's own component, so it is biased by O(1/N)). Every
+    process draws all N; each scores its share of them against the N posteriors (`shard`, O(N^2)).
     """
     noise = torch.randn(posterior.mean.shape, generator=generator)
     z = posterior.rsample(noise.to(posterior.mean.device)).float()  # (N, D)
-    log_qz = log_aggregate_posterior(z, posterior)
+    log_qz = shard.map_rows(lambda draws, _: log_aggregate_posterior(draws, posterior), z, Z_CHUNK)  # (N,)
     log_pz = DiagonalGaussian.standard_like(z).log_prob(z).sum(1)
     aggregate_kl = (log_qz - log_pz).mean().item()
     expected_kl = kl_per_dimension(posterior).sum().item()

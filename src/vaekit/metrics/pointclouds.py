@@ -24,22 +24,30 @@ from tqdm.auto import tqdm
 
 from vaekit.divergences import chamfer_distance
 from vaekit.emd import earth_movers_distance
+from vaekit.engine.distributed import ONE_PROCESS, Shard
 from vaekit.io import atomic_write_npz
 from vaekit.nearest import nearest_squared_distances
 
 
 @torch.inference_mode()
-def reconstruction_scores(model: Any, clouds: Tensor, chunk: int, *, emd: bool = False) -> dict[str, float]:
-    """Mean Chamfer distance (squared) and, if asked, mean exact EMD between test clouds and their reconstructions."""
-    chamfer, exact = [], []
-    for batch in clouds.split(chunk):
+def reconstruction_scores(model: Any, clouds: Tensor, chunk: int, *, emd: bool = False,
+                          shard: Shard = ONE_PROCESS) -> dict[str, float]:
+    """Mean Chamfer distance (squared) and, if asked, mean exact EMD between test clouds and their reconstructions.
+
+    Each process scores its share of the clouds (`shard`) and every process gets the means.
+    """
+    def per_cloud(batch: Tensor, _: Tensor) -> Tensor:
         reconstruction = model.reconstruct(batch).float()
-        chamfer.append(chamfer_distance(batch, reconstruction, reduction="none"))
+        columns = [chamfer_distance(batch, reconstruction, reduction="none").double()]
         if emd:
-            exact += [earth_movers_distance(a, b) for a, b in zip(batch, reconstruction)]
-    scores = {"reconstruction_chamfer": torch.cat(chamfer).double().mean().item(), "num_clouds": len(clouds)}
+            columns.append(torch.tensor([earth_movers_distance(a, b) for a, b in zip(batch, reconstruction)],
+                                        dtype=torch.float64, device=columns[0].device))
+        return torch.stack(columns, 1)  # (B, 1 or 2)
+
+    chamfer, *exact = shard.map_rows(per_cloud, clouds, chunk).T.contiguous()  # (N,) each
+    scores = {"reconstruction_chamfer": chamfer.mean().item(), "num_clouds": len(clouds)}
     if emd:
-        scores["reconstruction_emd"] = float(np.mean(exact))
+        scores["reconstruction_emd"] = float(np.mean(exact[0].cpu().numpy()))
     return scores
 
 
@@ -57,13 +65,16 @@ def linear_svm_accuracy(train_codes: Tensor, train_labels: Tensor, test_codes: T
 
 @torch.inference_mode()
 def chamfer_matrix(rows: Tensor, columns: Tensor | None = None, *, pairs_per_batch: int = 64,
-                   progress: bool = False, state_path: Path | None = None, save_every_s: float = 60.0) -> Tensor:
+                   progress: bool = False, state_path: Path | None = None, save_every_s: float = 60.0,
+                   shard: Shard = ONE_PROCESS) -> Tensor:
     """Chamfer distance of every pair: rows (N, P, 3), columns (M, Q, 3) -> (N, M), float64.
 
     Without `columns`, the symmetric matrix of `rows` with itself: each pair i < j computed once.
     Values only (`nearest_squared_distances`, no neighbour indices), in the clouds' precision.
-    With `state_path`, the matrix computed so far is saved there (.npz, atomically) every
-    `save_every_s` seconds, and a later call with the same inputs resumes from it.
+    Each process computes its share of the batches of pairs (`shard`) and every process gets the
+    whole matrix. With `state_path`, the matrix computed so far is saved there (.npz, atomically;
+    one file per process, `Shard.own_file`) every `save_every_s` seconds, and a later call with the
+    same inputs and process count resumes from it.
     """
     symmetric = columns is None
     columns = rows if columns is None else columns
@@ -73,16 +84,19 @@ def chamfer_matrix(rows: Tensor, columns: Tensor | None = None, *, pairs_per_bat
         row_index, column_index = torch.meshgrid(torch.arange(len(rows)), torch.arange(len(columns)), indexing="ij")
         pairs = torch.stack([row_index.flatten(), column_index.flatten()], 1)  # (N*M, 2)
     batches = pairs.split(pairs_per_batch)
-    out, done = _load_matrix_state(state_path, (len(rows), len(columns)), len(batches))
+    own = shard.indices(len(batches))
+    state_path = shard.own_file(state_path)
+    out, done = _load_matrix_state(state_path, (len(rows), len(columns)), len(own))
     last_save = time.monotonic()
-    for index in tqdm(range(done, len(batches)), disable=not progress, desc="chamfer pairs", initial=done,
-                      total=len(batches)):
-        batch = batches[index]
+    for position in tqdm(range(done, len(own)), disable=not progress, desc="chamfer pairs", initial=done,
+                         total=len(own)):
+        batch = batches[own[position]]
         to_column, to_row = nearest_squared_distances(rows[batch[:, 0]], columns[batch[:, 1]])
         out[batch[:, 0], batch[:, 1]] = (to_column.mean(1) + to_row.mean(1)).double().cpu()  # Chamfer, values only
-        if state_path is not None and (time.monotonic() - last_save > save_every_s or index + 1 == len(batches)):
-            _save_matrix_state(state_path, out, index + 1, len(batches))
+        if state_path is not None and (time.monotonic() - last_save > save_every_s or position + 1 == len(own)):
+            _save_matrix_state(state_path, out, position + 1, len(own))
             last_save = time.monotonic()
+    out = shard.sum(out)  # each process's entries, zero elsewhere
     if symmetric:
         out = out + out.T
     return out
@@ -152,19 +166,23 @@ def jensen_shannon_divergence(samples: Tensor, references: Tensor, resolution: i
     return float(entropy((p + q) / 2, base=2) - (entropy(p, base=2) + entropy(q, base=2)) / 2)
 
 
-def chamfer_set_metrics(samples: Tensor, references: Tensor, *, progress: bool = False,
-                        state_dir: Path | None = None) -> dict[str, float]:
+def chamfer_set_metrics(samples: Tensor, references: Tensor, *, pairs_per_batch: int = 64, progress: bool = False,
+                        state_dir: Path | None = None, shard: Shard = ONE_PROCESS) -> dict[str, float]:
     """JSD, MMD-CD, COV-CD and 1-NNA-CD between a generated set and a reference set, from one set of matrices.
 
-    With `state_dir`, each matrix saves its progress there and a rerun resumes (see `chamfer_matrix`).
+    With `state_dir`, each matrix saves its progress there and a rerun resumes; each process computes
+    its share of the batches of pairs of every matrix (`shard`) and every process gets the metrics
+    (see `chamfer_matrix`).
     """
-    def state(name: str) -> Path | None:
-        return None if state_dir is None else state_dir / f"chamfer_{name}.npz"
+    def matrix(name: str, rows: Tensor, columns: Tensor | None = None) -> Tensor:
+        state_path = None if state_dir is None else state_dir / f"chamfer_{name}.npz"
+        return chamfer_matrix(rows, columns, pairs_per_batch=pairs_per_batch, progress=progress,
+                              state_path=state_path, shard=shard)
 
     distances = SetDistances(
-        sample_reference=chamfer_matrix(samples, references, progress=progress, state_path=state("sample_reference")),
-        sample_sample=chamfer_matrix(samples, progress=progress, state_path=state("sample_sample")),
-        reference_reference=chamfer_matrix(references, progress=progress, state_path=state("reference_reference")),
+        sample_reference=matrix("sample_reference", samples, references),
+        sample_sample=matrix("sample_sample", samples),
+        reference_reference=matrix("reference_reference", references),
     )
     return {
         "jsd": jensen_shannon_divergence(samples, references),

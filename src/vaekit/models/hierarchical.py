@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from vaekit.batch import Batch
+from vaekit.batch import Batch, Noise, standard_normal
 from vaekit.config import ModelConfig, Sizes
 from vaekit.distributions import DiagonalGaussian, at_least_fp32, kl_divergence, sum_except_batch
 from vaekit.errors import ConfigError
@@ -225,13 +225,14 @@ class HierarchicalVAE(GenerativeModel):
 
     # -- likelihood, samples, reconstructions ------------------------------------------------------
 
-    def log_weights(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """log p(x|z) + sum_l [log p(z_l|z_<l) - log q(z_l|z_<l, x)] for K posterior draws: (K, B)."""
+    def log_weights(self, x: Tensor, num_samples: int, generator: Noise | None = None) -> Tensor:
+        """log p(x|z) + sum_l [log p(z_l|z_<l) - log q(z_l|z_<l, x)] for K posterior draws: (K, B).
+
+        The noise of each group (K, B, ...) comes from one generator or, keyed per image, from each image's own."""
         batch = x.shape[0]
         repeated = x.unsqueeze(0).expand(num_samples, *x.shape).reshape(num_samples * batch, *x.shape[1:])
-        device = generator.device if generator is not None else x.device
-        noise = [torch.randn(num_samples * batch, *shape, generator=generator, device=device).to(x.device)
-                 for shape in self.latent_shapes()]
+        noise = [standard_normal((num_samples, batch, *shape), generator, batch_dim=1, device=x.device).flatten(0, 1)
+                 for shape in self.latent_shapes()]  # (K*B, ...) each, sample-major as `repeated`
         likelihood, groups = self.top_down(num_samples * batch, lambda i, p, q: q.rsample(noise[i]),
                                            self.bottom_up(repeated))
         log_weight = self.likelihood.log_likelihood(likelihood, repeated)  # (K*B,)

@@ -12,7 +12,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from vaekit.batch import Batch
+from vaekit.batch import Batch, Noise, standard_normal
 from vaekit.config import CodeSpec, ModelConfig, Sizes
 from vaekit.distributions import DiagonalGaussian, at_least_fp32, kl_divergence, sum_except_batch
 from vaekit.likelihoods import ImageDistribution, ImageLikelihood, LikelihoodName
@@ -111,12 +111,12 @@ class VAE(GenerativeModel):
         return Losses(total=total, terms={"reconstruction": -log_px_z.mean(0), "kl": kl,
                                           "elbo": elbo(log_px_z, kl), "iwae_bound": bound})
 
-    def log_weights(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x): x (B, ...) -> (K, B)."""
+    def log_weights(self, x: Tensor, num_samples: int, generator: Noise | None = None) -> Tensor:
+        """log p(x|z_k) + log p(z_k) - log q(z_k|x), z_k ~ q(z|x): x (B, ...) -> (K, B).
+
+        The noise (K, B, D) comes from one generator or, keyed per image, from each image's own."""
         posterior = self.encode(x)
-        noise = torch.randn(
-            (num_samples, *posterior.mean.shape), generator=generator, device=generator.device if generator else x.device
-        ).to(x.device)
+        noise = standard_normal((num_samples, *posterior.mean.shape), generator, batch_dim=1, device=x.device)
         log_px_z, log_prior_ratio = self._log_weight_parts(x, posterior, noise)
         return log_px_z + log_prior_ratio
 
