@@ -172,20 +172,30 @@ class CausalSelfAttention(nn.Module):
         return self.out(attended.transpose(1, 2).flatten(2))
 
 
-class TransformerBlock(nn.Module):
-    """Pre-norm block: h + attn(norm(h)), then h + mlp(norm(h)); no biases."""
+def dropped(values: Tensor, uniform: Tensor | None, rate: float) -> Tensor:
+    """Inverted dropout with the caller's uniform noise (same shape): kept / (1 - rate), dropped 0; None: as is."""
+    if uniform is None or rate == 0:
+        return values
+    return values * (uniform >= rate).to(values.dtype) / (1.0 - rate)
 
-    def __init__(self, width: int, heads: int) -> None:
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: h + drop(attn(norm(h))), then h + drop(mlp(norm(h))); no biases."""
+
+    def __init__(self, width: int, heads: int, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout = dropout
         self.attention_norm = nn.LayerNorm(width, bias=False)
         self.attention = CausalSelfAttention(width, heads)
         self.mlp_norm = nn.LayerNorm(width, bias=False)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width, bias=False), nn.GELU(),
                                  nn.Linear(4 * width, width, bias=False))
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        hidden = hidden + self.attention(self.attention_norm(hidden))
-        return hidden + self.mlp(self.mlp_norm(hidden))
+    def forward(self, hidden: Tensor, uniform: Tensor | None = None) -> Tensor:
+        """hidden (B, T, W); uniform (2, B, T, W): the dropout noise of the two residual branches, or None."""
+        hidden = hidden + dropped(self.attention(self.attention_norm(hidden)), None if uniform is None else uniform[0],
+                                  self.dropout)
+        return hidden + dropped(self.mlp(self.mlp_norm(hidden)), None if uniform is None else uniform[1], self.dropout)
 
     def step(self, hidden: Tensor, cache: Tensor, position: int) -> Tensor:
         hidden = hidden + self.attention.step(self.attention_norm(hidden), cache, position)
@@ -197,26 +207,34 @@ class CodeTransformer(nn.Module):
 
     Tokens are embedded with a learned position embedding and read by pre-norm causal transformer
     blocks; position i sees a start token and c_<i only. `forward` scores all positions at once
-    (training); `step` scores one position from a cache of the earlier ones (sampling and coding).
+    (training: residual dropout from noise the caller draws, so that it can come from the step's
+    per-example generator); `step` scores one position from a cache of the earlier ones (sampling
+    and coding: no dropout).
     """
 
-    def __init__(self, num_symbols: int, num_positions: int, *, width: int, layers: int, heads: int) -> None:
+    def __init__(self, num_symbols: int, num_positions: int, *, width: int, layers: int, heads: int,
+                 dropout: float = 0.0) -> None:
         super().__init__()
         self.num_symbols, self.num_positions, self.heads = num_symbols, num_positions, heads
         self.embedding = nn.Embedding(num_symbols + 1, width)  # the last index is the start token
         self.position = nn.Parameter(torch.zeros(1, num_positions, width))
-        self.blocks = nn.ModuleList(TransformerBlock(width, heads) for _ in range(layers))
+        self.blocks = nn.ModuleList(TransformerBlock(width, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, num_symbols)
         nn.init.normal_(self.position, std=0.02)
 
-    def forward(self, codes: Tensor) -> Tensor:
-        """Logits of every position given the codes before it: codes (B, ...) -> (B, P, K)."""
+    def dropout_shape(self, batch: int) -> tuple[int, ...]:
+        """The shape of the uniform noise `forward` takes for dropout: (layers, 2, B, P, W)."""
+        return (len(self.blocks), 2, batch, self.num_positions, self.position.shape[-1])
+
+    def forward(self, codes: Tensor, dropout_uniform: Tensor | None = None) -> Tensor:
+        """Logits of every position given the codes before it: codes (B, ...) -> (B, P, K); dropout_uniform
+        (layers, 2, B, P, W) uniform [0, 1) noise for residual dropout (training), None: none."""
         flat = codes.reshape(codes.shape[0], -1)  # (B, P)
         start = flat.new_full((flat.shape[0], 1), self.num_symbols)
         hidden = self.embedding(torch.cat([start, flat[:, :-1]], 1)) + self.position  # (B, P, W): shifted right
-        for block in self.blocks:
-            hidden = block(hidden)
+        for index, block in enumerate(self.blocks):
+            hidden = block(hidden, None if dropout_uniform is None else dropout_uniform[index])
         return self.head(self.norm(hidden))
 
     def new_cache(self, batch: int) -> Tensor:
@@ -234,9 +252,9 @@ class CodeTransformer(nn.Module):
             hidden = block.step(hidden, cache[index], position)
         return self.head(self.norm(hidden))[:, 0]
 
-    def log_prob(self, codes: Tensor) -> Tensor:
-        """log p(c) in nats per grid: codes (B, ...) -> (B,)."""
-        logits = self(codes).float()
+    def log_prob(self, codes: Tensor, dropout_uniform: Tensor | None = None) -> Tensor:
+        """log p(c) in nats per grid: codes (B, ...) -> (B,); dropout as in `forward`."""
+        logits = self(codes, dropout_uniform).float()
         return -F.cross_entropy(logits.transpose(1, 2), codes.reshape(codes.shape[0], -1), reduction="none").sum(1)
 
     @torch.no_grad()

@@ -31,6 +31,7 @@ class CodePriorConfig(TwoStageConfig):
     width: int = Field(128, ge=8)  # transformer width
     layers: int = Field(4, ge=1)  # transformer layers
     heads: int = Field(4, ge=1)  # attention heads (width must divide by them)
+    dropout: float = Field(0.1, ge=0, lt=1)  # residual dropout in training (a prior over few grids overfits)
 
 
 @register_model("code-prior", CodePriorConfig)
@@ -48,11 +49,15 @@ class CodePrior(LatentSpaceModel):
         if config.width % config.heads:
             raise ConfigError(f"model.width={config.width} must be divisible by model.heads={config.heads}")
         self.prior = CodeTransformer(codes.num_symbols, math.prod(codes.shape), width=config.width,
-                                     layers=config.layers, heads=config.heads)
+                                     layers=config.layers, heads=config.heads, dropout=config.dropout)
 
     def loss(self, batch: Batch, *, group: str = "model", step: int = 0) -> Losses:
-        """-log p(codes) per grid (B,) in nats, batch mean; bits_per_grid logged beside it."""
-        nll = -self.prior.log_prob(batch.x)  # (B,)
+        """-log p(codes) per grid (B,) in nats, batch mean, with residual dropout in training; bits_per_grid
+        logged beside it."""
+        noise = None
+        if self.training and self.config.dropout > 0:  # per-example draws: the same masks at any process count
+            noise = batch.rand(*self.prior.dropout_shape(batch.size), batch_dim=2)
+        nll = -self.prior.log_prob(batch.x, noise)  # (B,)
         return Losses(total=nll.mean(), terms={"nll": nll, "bits_per_grid": nll / math.log(2.0)})
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None, temperature: float = 1.0) -> Tensor:
