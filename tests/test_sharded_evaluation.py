@@ -130,3 +130,21 @@ def test_one_process_shards_nothing_and_needs_no_process_group():
     second = Shard(rank=1, world_size=2)
     assert list(second.indices(5)) == [1, 3]
     assert second.own_file(Path("run/state.npz")) == Path("run/state.rank1-of-2.npz")
+
+
+def test_vaekit_eval_under_torchrun_writes_the_one_process_scores_once(trained_digits_run, tmp_path):
+    """`torchrun --nproc-per-node=2 -m vaekit eval RUN` shards the test split and rank 0 alone writes eval.json."""
+    options = ["--importance-samples", "5", "--num-images", "9", "--quiet"]
+    single = tmp_path / "one.json"
+    assert subprocess.run([sys.executable, "-m", "vaekit", "eval", str(trained_digits_run), *options, "--out",
+                           str(single)], capture_output=True, text=True, timeout=300).returncode == 0
+    sharded = tmp_path / "two.json"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "vaekit", "eval", str(trained_digits_run), *options, "--out", str(sharded)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, two = json.loads(single.read_text()), json.loads(sharded.read_text())
+    assert two.keys() == one.keys() and one["nll"] > 0
+    for key, value in one.items():
+        assert two[key] == pytest.approx(value, rel=1e-5, abs=NATS_PER_IMAGE), key
+    assert result.stdout.count('"nll"') == 1  # printed once, by rank 0

@@ -111,10 +111,12 @@ def _train(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from vaekit.api import load
     from vaekit.data import load_data
+    from vaekit.engine.distributed import init_distributed
     from vaekit.evaluation import evaluate
     from vaekit.io import atomic_write_json
 
     model = load(args.run_dir)
+    ctx = init_distributed(model.device.type)  # under torchrun each process scores its share of the test split
     config = model.run_config
     updates: dict[str, Any] = {}
     if args.importance_samples is not None:
@@ -123,7 +125,9 @@ def _eval(args: argparse.Namespace) -> int:
         updates["num_images"] = args.num_images
     eval_config = config.eval.model_copy(update=updates)
     data = load_data(config.data)
-    results = evaluate(model, data, eval_config, progress=not args.quiet)
+    results = evaluate(model, data, eval_config, progress=not args.quiet and ctx.is_main, shard=ctx.shard)
+    if not ctx.is_main:  # every process holds the gathered results; one writes them
+        return 0
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval.json"
     atomic_write_json(out, results)
     print(json.dumps(results, indent=2))

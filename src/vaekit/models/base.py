@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from vaekit.batch import Batch
+from vaekit.batch import Batch, Noise
 from vaekit.config import CodeSpec, ModelConfig, TwoStageConfig
 from vaekit.distributions import DiagonalGaussian
 from vaekit.errors import CapabilityError, ConfigError
@@ -33,7 +33,7 @@ class Capability(str, enum.Enum):
 
     SAMPLE = "sample"  # sample(n, generator) draws new data
     GAUSSIAN_POSTERIOR = "gaussian_posterior"  # encode(x) -> DiagonalGaussian q(z|x) (latent diagnostics)
-    LIKELIHOOD = "likelihood"  # log_weights(x, K, generator) (K, B) and a `likelihood` spec: log p(x), bits/dim
+    LIKELIHOOD = "likelihood"  # log_weights(x, K, noise) (K, B) and a `likelihood` spec: log p(x), bits/dim
     FLAT_CODES = "flat_codes"  # latent_codes(x) (B, k) float, decode_mean(z): traversals, interpolations, parents
     DISCRETE_CODES = "discrete_codes"  # latent_codes(x) integer symbols, decode_mean(codes): code priors, coding
 
@@ -145,8 +145,9 @@ class GenerativeModel(nn.Module):
         """Capability GAUSSIAN_POSTERIOR: q(z|x) with mean, log_var (B, latent_dim)."""
         raise self._cannot(Capability.GAUSSIAN_POSTERIOR, "encode to a Gaussian posterior")
 
-    def log_weights(self, x: Tensor, num_samples: int, generator: torch.Generator | None = None) -> Tensor:
-        """Capability LIKELIHOOD: log p(x, z_k) - log q(z_k|x) for K posterior draws: x (B, ...) -> (K, B)."""
+    def log_weights(self, x: Tensor, num_samples: int, generator: Noise | None = None) -> Tensor:
+        """Capability LIKELIHOOD: log p(x, z_k) - log q(z_k|x) for K posterior draws: x (B, ...) -> (K, B); the
+        draws from one generator, or keyed per example (`ExampleNoise`: independent of chunk and process)."""
         raise self._cannot(Capability.LIKELIHOOD, "score an importance-sampled likelihood")
 
     def code_spec(self) -> CodeSpec:
