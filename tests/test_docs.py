@@ -112,14 +112,15 @@ def test_rate_distortion_plot_is_written_and_checks_its_input(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tutorial", ["vae.py", "wae.py", "point_clouds.py"])
+@pytest.mark.parametrize("tutorial", ["vae.py", "wae.py", "point_clouds.py", "hierarchical_vae.py", "vq_vae.py"])
 def test_tutorial_runs_end_to_end(tutorial, tmp_path):
     script = ROOT / "docs" / "tutorials" / tutorial
     result = subprocess.run([sys.executable, str(script), str(tmp_path / "figures")], cwd=tmp_path,
                             capture_output=True, text=True, timeout=1800, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     pictures = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
-    documented = {"vae.py": "vae-", "wae.py": "wae-", "point_clouds.py": "pointcloud-"}[tutorial]
+    documented = {"vae.py": "vae-", "wae.py": "wae-", "point_clouds.py": "pointcloud-",
+                  "hierarchical_vae.py": "hvae-", "vq_vae.py": "vq-"}[tutorial]
     shipped = sorted(p.name for p in (ROOT / "docs" / "images" / "tutorials").glob(f"{documented}*.png"))
     assert pictures == shipped  # the tutorial makes exactly the pictures the docs show
     shutil.rmtree(tmp_path / "runs", ignore_errors=True)

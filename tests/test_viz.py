@@ -48,3 +48,15 @@ def test_the_codec_comparison_plot_draws_each_codec_on_a_log_byte_axis(tmp_path)
         pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
     colours = {tuple(p) for p in pixels[(pixels.max(1) - pixels.min(1)) > 100]}  # saturated: the two lines
     assert len(colours) > 2
+
+
+def test_the_kl_per_group_plot_needs_the_same_groups_in_every_run(tmp_path):
+    from vaekit.viz import save_kl_per_group_plot
+
+    path = save_kl_per_group_plot({"a": [4.0, 1.5, 1.6], "b": [3.2, 1.9, 1.8]}, tmp_path / "kl.png")
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (560, 360)
+    with pytest.raises(ValueError, match="same number of latent groups"):
+        save_kl_per_group_plot({"a": [1.0, 2.0], "b": [1.0]}, tmp_path / "bad.png")
+    with pytest.raises(ValueError, match="group labels"):
+        save_kl_per_group_plot({"a": [1.0, 2.0]}, tmp_path / "bad.png", group_labels=["only one"])

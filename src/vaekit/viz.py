@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,5 +145,37 @@ def save_codec_comparison_plot(curves: dict[str, list[tuple[float, float]]], pat
     axes.set_ylabel("PSNR (dB)")
     axes.grid(alpha=0.3, which="both")
     axes.legend(fontsize=8)
+    figure.tight_layout()
+    return _save_figure(figure, path)
+
+
+def save_kl_per_group_plot(kl_per_group: Mapping[str, Sequence[float]], path: str | Path, *,
+                           group_labels: Sequence[str] | None = None, title: str | None = None) -> Path:
+    """Bars of the test mean KL(q(z_l | z_<l, x) || p(z_l | z_<l)) in nats per latent group z_1..z_L (coarsest
+    first), one bar per run, its value above it; every run in `kl_per_group` (label -> L values) has the same L."""
+    plt = _pyplot()
+    runs = list(kl_per_group)
+    sizes = {len(values) for values in kl_per_group.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"every run needs the same number of latent groups, got {sorted(sizes)}")
+    num_groups = sizes.pop()
+    labels = list(group_labels) if group_labels is not None else [f"$z_{{{g + 1}}}$" for g in range(num_groups)]
+    if len(labels) != num_groups:
+        raise ValueError(f"{len(labels)} group labels for {num_groups} latent groups")
+    width = 0.8 / len(runs)
+    figure, axes = plt.subplots(figsize=(max(5.0, 1.2 * num_groups + 2.0), 3.6), dpi=100)
+    for index, run in enumerate(runs):
+        positions = [group - 0.4 + (index + 0.5) * width for group in range(num_groups)]
+        axes.bar_label(axes.bar(positions, list(kl_per_group[run]), width, label=run), fmt="%.1f", fontsize=8,
+                       padding=2)
+    axes.set_xticks(range(num_groups), labels)
+    axes.set_xlabel("latent group (coarsest first)")
+    axes.set_ylabel("KL (nats, test mean)")
+    axes.margins(y=0.15)
+    if title:
+        axes.set_title(title, fontsize=10)
+    if len(runs) > 1:
+        axes.legend(fontsize=8)
+    axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     return _save_figure(figure, path)
