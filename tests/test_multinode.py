@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import sys
@@ -39,3 +40,24 @@ def test_two_nodes_at_a_c10d_rendezvous_reach_the_one_process_parameters(tmp_pat
         torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=ATOL, msg=key)
     states = [read_state(vaekit.find_checkpoint(run)) for run in (one, Path(tmp_path) / "two")]
     assert [state["extra"]["world_size"] for state in states] == [1, 2]  # one group of 2, not 2 lone processes
+
+
+def test_a_run_checkpointed_by_one_process_resumes_on_two_like_an_uninterrupted_run(tmp_path):
+    """The global batch, its order and every random draw follow from (seed, step), so the process count may change
+    at a resume: 1 process to step 3, then 2 processes to step 6, equal 1 process to step 6."""
+    config = case_config("vae", tmp_path, "whole")
+    whole = vaekit.train(config.model_copy(update={"train": config.train.model_copy(update={"checkpoint_every": 3})}),
+                         quiet=True)
+    first = Path(tmp_path) / "resumed"
+    shutil.copytree(whole, first)
+    shutil.rmtree(first / "checkpoints" / "step-6")  # as if the run had been stopped after step 3
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "vaekit",
+               "train", "--config", str(whole / "config.yaml"), "name=resumed", "--resume", "--quiet"]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = read_state(vaekit.find_checkpoint(first))
+    assert (state["step"], state["extra"]["world_size"]) == (6, 2)
+    a = load_file(vaekit.find_checkpoint(whole) / "model.safetensors")
+    b = load_file(vaekit.find_checkpoint(first) / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-4, atol=ATOL, msg=key)
