@@ -19,12 +19,17 @@ from vaekit.quantize import (
 )
 
 
-@pytest.mark.parametrize("max_block_bytes", [1, 4 * 37 * 5, 16 * 2**20])
-def test_nearest_codes_match_brute_force_for_any_block_size(max_block_bytes):
+@pytest.mark.parametrize(("max_block_bytes", "codes_per_tile"), [(1, 1024), (4 * 37 * 5, 1024), (16 * 2**20, 1024),
+                                                                 (4 * 5 * 7, 5), (1, 1), (4 * 2**20, 16)])
+def test_nearest_codes_match_brute_force_for_any_tiling_ties_included(max_block_bytes, codes_per_tile):
     g = torch.Generator().manual_seed(0)
     vectors, codebook = torch.randn(300, 8, generator=g), torch.randn(37, 8, generator=g)
+    codebook[30] = codebook[3]  # a tie across tiles: the first index wins, as argmin's
+    vectors[:10] = codebook[3]
     expected = torch.cdist(vectors.double(), codebook.double()).argmin(1)
-    assert torch.equal(nearest_codes(vectors, codebook, max_block_bytes=max_block_bytes), expected)
+    assert torch.equal(expected[:10], torch.full((10,), 3))
+    found = nearest_codes(vectors, codebook, max_block_bytes=max_block_bytes, codes_per_tile=codes_per_tile)
+    assert torch.equal(found, expected)
 
 
 def test_straight_through_has_the_value_of_the_codes_and_the_gradient_of_the_identity():

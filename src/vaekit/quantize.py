@@ -23,23 +23,34 @@ from vaekit.batch import Batch
 GradientMode = Literal["straight_through", "rotation"]
 
 
-def nearest_codes(vectors: Tensor, codebook: Tensor, *, max_block_bytes: int = 4 * 2**20) -> Tensor:
-    """argmin_k ||z_e - e_k||^2 for vectors (N, D), codebook (K, D) -> indices (N,), int64.
+def nearest_codes(vectors: Tensor, codebook: Tensor, *, max_block_bytes: int = 4 * 2**20,
+                  codes_per_tile: int = 1024) -> Tensor:
+    """argmin_k ||z_e - e_k||^2 for vectors (N, D), codebook (K, D) -> indices (N,), int64 (the first of ties).
 
-    ||z_e||^2 does not change the argmin, so each block of rows scores ||e_k||^2 - 2 z_e . e_k with
-    one matmul; rows go `max_block_bytes` of scores at a time, never the whole N x K matrix. With a
-    code dimension of ~64 the matmul is bound by writing its scores, so blocks that stay in cache
-    (4 MiB) are faster than larger ones (0.15 s against 0.26 s for the whole 12544 x 8192 matrix).
+    ||z_e||^2 does not change the argmin, so a tile of rows x codes scores ||e_k||^2 - 2 z_e . e_k with
+    one matmul into a reused buffer of `max_block_bytes`; each row keeps its running minimum over the
+    tiles of codes. Never the whole N x K matrix: with a code dimension of ~64 the matmul is bound by
+    writing its scores, so tiles that stay in cache are faster (and a tile of codes is reused by many rows).
     """
     vectors, codebook = vectors.float(), codebook.float()
     code_norms = codebook.pow(2).sum(1)  # (K,)
-    rows_per_block = max(1, min(len(vectors), max_block_bytes // (4 * codebook.shape[0])))
-    scores = vectors.new_empty(rows_per_block, codebook.shape[0])  # one buffer for every block: no page faults
+    codes_per_tile = min(codes_per_tile, len(codebook))
+    rows_per_tile = max(1, min(len(vectors), max_block_bytes // (4 * codes_per_tile)))
+    scores = vectors.new_empty(rows_per_tile, codes_per_tile)  # one buffer for every tile: no page faults
     indices = torch.empty(len(vectors), dtype=torch.long, device=vectors.device)
-    for start in range(0, len(vectors), rows_per_block):
-        rows = vectors[start: start + rows_per_block]
-        block = torch.addmm(code_norms, rows, codebook.T, alpha=-2.0, out=scores[: len(rows)])  # (rows, K)
-        indices[start: start + len(rows)] = block.argmin(1)
+    for start in range(0, len(vectors), rows_per_tile):
+        rows = vectors[start: start + rows_per_tile]
+        best = rows.new_full((len(rows),), float("inf"))
+        chosen = torch.zeros(len(rows), dtype=torch.long, device=vectors.device)
+        for first in range(0, len(codebook), codes_per_tile):
+            codes = codebook[first: first + codes_per_tile]
+            tile = torch.addmm(code_norms[first: first + len(codes)], rows, codes.T, alpha=-2.0,
+                               out=scores[: len(rows), : len(codes)])  # (rows, codes)
+            value, index = tile.min(1)
+            better = value < best  # strict: an earlier tile keeps a tie
+            best = torch.where(better, value, best)
+            chosen = torch.where(better, index + first, chosen)
+        indices[start: start + len(rows)] = chosen
     return indices
 
 
