@@ -4,6 +4,7 @@
     benchmarks/.venv-ref/bin/python benchmarks/vq_codec.py quantiser   # against pythae, vector-quantize-pytorch
     benchmarks/.venv-ref/bin/python benchmarks/vq_codec.py rd          # rate-distortion and codec speed
     benchmarks/.venv-ref/bin/python benchmarks/vq_codec.py health      # codebook health against pythae
+    .venv/bin/python benchmarks/vq_codec.py remedies                    # restarts and the rotation trick vs plain EMA
 
 Stage `train` trains, on the training split only, each operating point of `OPERATING_POINTS` (the
 `fashion-mnist-vqvae` preset with the listed overrides) and then a `fashion-mnist-code-prior` run
@@ -39,9 +40,14 @@ images for 3 epochs, K = 512 and 4096, its training seconds measured; then vaeki
 `fashion-mnist-vqvae` on the same images with the same K for as many steps as fit in the same
 seconds (a 30-step probe measures its rate first). For both, on the whole test split in eval mode:
 codes in use (at least one assignment), perplexity / K, MSE per pixel and PSNR; codes dead at the
-end (no assignment on the 10,000 training images under the final weights); for vaekit also the
+end (no assignment on the training images under the final weights); for vaekit also the
 codes without an assignment in the training batches of the last epoch (its `last_used` buffer).
 Output: benchmarks/results/vq_codebook_health.json, rewritten after every run.
+
+Stage `remedies`: the `fashion-mnist-vqvae` preset for 2000 steps on the whole training split,
+plain EMA (no restarts, straight-through), with dead-code restarts (the preset), with the rotation
+trick instead (Fifty et al. 2025), and with both; codebook health and test PSNR as in `health`.
+Output: benchmarks/results/vq_remedies.json, rewritten after every run.
 """
 
 from __future__ import annotations
@@ -422,18 +428,22 @@ def vaekit_health(num_codes: int, seconds: float) -> dict:
     run_dir = vaekit.train("fashion-mnist-vqvae", overrides=[*overrides, f"name=k{num_codes}", f"train.steps={steps}",
                                                              f"train.checkpoint_every={steps}"], force=True, quiet=True)
     model = vaekit.load(run_dir).eval()
-    quantizer = model.quantizer
-    train, test = fashion_split("train", 10000), fashion_split("t10k")
-    with torch.inference_mode():
-        test_codes = torch.cat([model.latent_codes(chunk) for chunk in test.split(500)])
-        train_codes = torch.cat([model.latent_codes(chunk) for chunk in train.split(500)])
-        mse = sum(float((model.reconstruct(chunk) - chunk).pow(2).sum()) for chunk in test.split(500)) / test.numel()
     last_epoch_start = steps - int(np.ceil(10000 / model.run_config.train.batch_size))
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return {"steps": steps, "train_seconds": max(m.get("train_seconds", 0.0) for m in metrics),
             "grid": list(model.grid),
-            "dead_in_last_epoch_batches": float((quantizer.last_used < last_epoch_start).float().mean())} | _health(
-        test_codes, train_codes, num_codes, mse)
+            "dead_in_last_epoch_batches": float((model.quantizer.last_used < last_epoch_start).float().mean())
+            } | run_health(model, fashion_split("train", 10000))
+
+
+@torch.inference_mode()
+def run_health(model, train: torch.Tensor) -> dict:
+    """`_health` of a trained vaekit VQ-VAE: its codes of the test split and of `train`, its test MSE."""
+    test = fashion_split("t10k")
+    test_codes = torch.cat([model.latent_codes(chunk) for chunk in test.split(500)])
+    train_codes = torch.cat([model.latent_codes(chunk) for chunk in train.split(500)])
+    mse = sum(float((model.reconstruct(chunk) - chunk).pow(2).sum()) for chunk in test.split(500)) / test.numel()
+    return _health(test_codes, train_codes, model.config.num_codes, mse)
 
 
 def stage_health(out: Path) -> None:
@@ -451,9 +461,30 @@ def stage_health(out: Path) -> None:
             atomic_write_json(out, record)
 
 
+REMEDIES = {"plain EMA": ["model.restart_after=0"], "restarts (preset)": [],
+            "rotation trick": ["model.restart_after=0", "model.gradient=rotation"],
+            "restarts + rotation trick": ["model.gradient=rotation"]}
+
+
+def stage_remedies(out: Path, steps: int = 2000) -> None:
+    """Plain EMA against restarts, the rotation trick and both (see the module docstring)."""
+    record = json.loads(out.read_text()) if out.is_file() else {}
+    train = fashion_split("train")
+    for name, overrides in REMEDIES.items():
+        if name in record:
+            continue
+        run_dir = vaekit.train("fashion-mnist-vqvae", overrides=[
+            f"out_dir={RUNS / 'remedies'}", f"name={name.replace(' ', '-').replace('(', '').replace(')', '')}",
+            f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}", *overrides],
+            force=True, quiet=True)
+        record[name] = {"overrides": overrides, "steps": steps, "loadavg": os.getloadavg()} | run_health(
+            vaekit.load(run_dir).eval(), train)
+        atomic_write_json(out, record)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["train", "quantiser", "rd", "health"])
+    parser.add_argument("stage", choices=["train", "quantiser", "rd", "health", "remedies"])
     args = parser.parse_args()
     if args.stage == "train":
         stage_train(ROOT / "results" / "vq_codec_train.json")
@@ -463,6 +494,8 @@ def main() -> None:
         stage_rd(ROOT / "results" / "vq_rate_distortion.json")
     elif args.stage == "health":
         stage_health(ROOT / "results" / "vq_codebook_health.json")
+    elif args.stage == "remedies":
+        stage_remedies(ROOT / "results" / "vq_remedies.json")
 
 
 if __name__ == "__main__":
