@@ -1,4 +1,4 @@
-"""The Python API: `vaekit.train(config)`, `vaekit.load(run_dir)`, `vaekit.info(path)`."""
+"""The Python API: `vaekit.train(config)`, `vaekit.load(run_dir)`, `vaekit.info(path)`, `convert(source, out)`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from vaekit.engine.checkpoint import load_tensor_file, read_state
 from vaekit.engine.runs import find_checkpoint, load
 from vaekit.engine.train import train as run_training
 
-__all__ = ["compress", "decompress", "find_checkpoint", "info", "load", "train"]
+__all__ = ["compress", "convert", "decompress", "find_checkpoint", "info", "load", "train"]
 
 
 def train(
@@ -85,3 +85,11 @@ def decompress(file: str | Path, run_dir: str | Path, out_dir: str | Path) -> li
         written.append(Path(out_dir) / f"{index:06d}.png")
         atomic_write_bytes(written[-1], buffer.getvalue())
     return written
+
+
+def convert(source: str | Path, out: str | Path, *, test_fraction: float = 0.2, split_seed: int = 0,
+            progress: bool = True) -> Path:
+    """A folder of PNG files or of IDX files as a dataset folder `out` for `data.path` with `data.lazy`."""
+    from vaekit.data.convert import convert as convert_to_folder
+
+    return convert_to_folder(source, out, test_fraction=test_fraction, split_seed=split_seed, progress=progress)

@@ -1,5 +1,5 @@
-"""`vaekit train | eval | sample | reconstruct | traverse | interpolate | compress | decompress | info | models | presets`:
-a thin skin over the Python API."""
+"""`vaekit train | eval | sample | reconstruct | traverse | interpolate | compress | decompress | convert | info |
+models | presets`: a thin skin over the Python API."""
 
 from __future__ import annotations
 
@@ -83,6 +83,16 @@ def _parser() -> argparse.ArgumentParser:
     decompress.add_argument("--run", required=True, help="the code-prior run that wrote the file")
     decompress.add_argument("-o", "--out", required=True, help="folder for the PNG files")
     decompress.set_defaults(handler=_decompress)
+
+    convert = commands.add_parser("convert", help="a folder of PNG files or of (Fashion-)MNIST IDX files as a dataset "
+                                                  "folder read from disk per batch (data.path=OUT data.lazy=true)")
+    convert.add_argument("source", help="a folder of same-size PNG files, or of the four IDX files (each optionally .gz)")
+    convert.add_argument("out", help="the dataset folder to create (must not exist)")
+    convert.add_argument("--test-fraction", type=float, default=0.2,
+                         help="PNG folders: share held out as the test split (IDX files keep their official split)")
+    convert.add_argument("--split-seed", type=int, default=0, help="PNG folders: seed of the train/test split")
+    convert.add_argument("--quiet", action="store_true", help="no progress bar")
+    convert.set_defaults(handler=_convert)
 
     info = commands.add_parser("info", help="what a run directory or checkpoint holds")
     info.add_argument("path")
@@ -215,6 +225,15 @@ def _decompress(args: argparse.Namespace) -> int:
 
     written = decompress(args.file, args.run, args.out)
     print(f"{len(written)} images in {args.out}")
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    from vaekit.api import convert
+
+    out = convert(args.source, args.out, test_fraction=args.test_fraction, split_seed=args.split_seed,
+                  progress=not args.quiet)
+    print(f"dataset folder: {out}; train on it with data.name=images data.path={out} data.lazy=true")
     return 0
 
 

@@ -38,13 +38,25 @@ class DataConfig(Section):
     """Which images to train and evaluate on, and how they are split and binarised."""
 
     name: Literal["digits", "fashion_mnist", "images"] = "digits"  # digits = sklearn 8x8 (embedded)
-    path: str | None = None  # fashion_mnist: IDX folder; images: PNG folder or .npy/.npz file
+    path: str | None = None  # fashion_mnist: IDX folder; images: PNG folder, .npy/.npz file or `vaekit convert` folder
     test_fraction: float = Field(0.2, gt=0, lt=1)  # digits/images: share held out as the test split
     split_seed: int = 0  # fixes the train/test split of digits/images
     binarize: Literal["none", "dynamic", "static"] = "none"  # for a Bernoulli likelihood
     test_binarize_seed: int = 1  # the one fixed binarisation of the test split used for evaluation
     max_train: int | None = Field(None, ge=1)  # keep only the first N training images (quick runs)
     max_test: int | None = Field(None, ge=1)  # keep only the first N test images
+    lazy: bool = False  # images: keep the training split on disk as uint8, read per batch (data larger than memory)
+
+    @model_validator(mode="after")
+    def _lazy_reads_image_files(self) -> DataConfig:
+        """data.lazy needs files it can read per image, and no binarisation of the whole split at once."""
+        if self.lazy and self.name != "images":
+            raise ValueError(f"data.lazy reads data.name=images from disk, not {self.name}; convert IDX files with "
+                             "`vaekit convert SOURCE OUT` and set data.name=images data.path=OUT")
+        if self.lazy and self.binarize == "static":
+            raise ValueError("data.binarize=static binarises the whole training split once in memory; with data.lazy "
+                             "use data.binarize=dynamic")
+        return self
 
 
 class PointCloudDataConfig(Section):

@@ -1,11 +1,13 @@
-"""Data sets as in-memory tensors: images (digits, Fashion-MNIST, PNG folders, arrays) and point clouds."""
+"""Data sets: images (digits, Fashion-MNIST, PNG folders, arrays, dataset folders) and point clouds, as
+in-memory tensors, or with the training split left on disk and read per batch (`data.lazy`)."""
 
 from vaekit.config import DataConfig, PointCloudDataConfig
 from vaekit.data.images import ImageData, binarize, check_support, load_image_data, read_idx
+from vaekit.data.lazy import ArrayRows, LazyImages, open_npy, write_npy
 from vaekit.data.pointclouds import PointCloudData, load_point_folder, load_procedural
 
-__all__ = ["ImageData", "PointCloudData", "binarize", "check_support", "load_data", "load_image_data",
-           "load_point_folder", "load_procedural", "read_idx"]
+__all__ = ["ArrayRows", "ImageData", "LazyImages", "PointCloudData", "binarize", "check_support", "load_data",
+           "load_image_data", "load_point_folder", "load_procedural", "open_npy", "read_idx", "write_npy"]
 
 
 def load_data(config: DataConfig | PointCloudDataConfig) -> ImageData | PointCloudData:

@@ -1,10 +1,13 @@
-"""Image data in memory: sklearn digits, Fashion-MNIST IDX files, PNG folders, .npy/.npz arrays.
+"""Image data: sklearn digits, Fashion-MNIST IDX files, PNG folders, .npy/.npz arrays, dataset folders.
 
-Every split is a float32 tensor `(N, C, H, W)` with values in [0, 1]. Sources:
+Every split is a float32 tensor `(N, C, H, W)` with values in [0, 1], except a training split read
+lazily (`data.lazy`), which stays on disk as uint8 and gives such tensors per batch (`LazyImages`).
+Sources:
 - `digits`: scikit-learn's 8x8 digits (embedded, no download), levels 0..16 scaled by 1/16.
 - `fashion_mnist`: the four IDX files (gzipped or not) of the official 60000/10000 split.
-- `images`: a folder of same-size PNG files, or a `.npy`/`.npz` array of uint8 (scaled by 1/255)
-  or floats already in [0, 1] (assumed to have 256 levels).
+- `images`: a folder of same-size PNG files, a `.npy`/`.npz` array of uint8 (scaled by 1/255)
+  or floats already in [0, 1] (assumed to have 256 levels), or a dataset folder written by
+  `vaekit convert` (`folder.py`: train and test splits of uint8, labels if any).
 
 Binarisation (`data.binarize`, for a Bernoulli likelihood) draws Bernoulli(x) per pixel:
 - the test split is binarised once with seed `test_binarize_seed`, so every evaluation scores the
@@ -25,10 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from vaekit.config import DataConfig
+from vaekit.data.folder import is_dataset_folder, read_dataset_folder
+from vaekit.data.lazy import NUM_LEVELS, ArrayRows, ImageReader, LazyImages, PngFiles, open_npy
+from vaekit.data.pixels import images_to_tensor, open_png, png_files
 from vaekit.errors import DataError
 
 DIGITS_SOURCE = "sklearn.datasets.load_digits"
@@ -44,13 +49,15 @@ FASHION_MNIST_FILES = {  # array name -> (file name without .gz, IDX magic)
 STATIC_TRAIN_SEED_OFFSET = 12345  # static binarisation of the training split uses split_seed + this
 LIKELIHOODS_ON_GRID = ("logistic", "logistic_mixture")
 GRID_TOLERANCE = 1e-4
+CHECK_CHUNK = 1 << 24  # values checked at once (a split's temporaries stay small beside the split)
+EIGHT_BIT_LEVELS = torch.arange(NUM_LEVELS, dtype=torch.float32) / (NUM_LEVELS - 1)  # every value k/255 of uint8 pixels
 
 
 @dataclass(frozen=True)
 class ImageData:
-    """The train and test splits of one image data set, held in memory."""
+    """The train and test splits of one image data set: in memory, or the training split on disk (data.lazy)."""
 
-    train: Tensor  # (N, C, H, W) float32 in [0, 1]
+    train: Tensor | LazyImages  # (N, C, H, W) float32 in [0, 1], or read per batch as such
     test: Tensor  # (M, C, H, W) float32 in [0, 1]; binarised once already unless binarize=none
     train_labels: Tensor | None  # (N,) int64, or None when the source has no labels
     test_labels: Tensor | None  # (M,) int64, or None
@@ -81,11 +88,14 @@ def binarize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return (u < x).to(x.dtype)
 
 
-def check_support(x: Tensor, *, likelihood: str, num_bins: int, source: str) -> None:
+def check_support(x: Tensor | LazyImages, *, likelihood: str, num_bins: int, source: str) -> None:
     """Raise DataError unless every value of x lies in the support of p(x|z) for `likelihood`.
 
     bernoulli: {0, 1}; gaussian: any finite value; logistic(_mixture): the grid k / (num_bins - 1).
+    Images on disk are checked by the pixel values they hold, read only when not every 8-bit value is allowed.
     """
+    if isinstance(x, LazyImages):
+        x = _levels_to_check(x, likelihood=likelihood, num_bins=num_bins, source=source)
     if likelihood == "gaussian":
         _require_finite(x, source)
     elif likelihood == "bernoulli":
@@ -126,13 +136,22 @@ def read_idx(path: Path, *, magic: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
 
 
+def _levels_to_check(images: LazyImages, *, likelihood: str, num_bins: int, source: str) -> Tensor:
+    """Every 8-bit value k/255 when all lie in the support (nothing to read), else the values the images hold."""
+    try:
+        check_support(EIGHT_BIT_LEVELS, likelihood=likelihood, num_bins=num_bins, source=source)
+    except DataError:
+        return images.levels()
+    return EIGHT_BIT_LEVELS
+
+
 def _load_digits(config: DataConfig) -> ImageData:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     images = torch.from_numpy(digits.images / 16.0).float().unsqueeze(1)  # (N, 1, 8, 8): k/16
     labels = torch.from_numpy(digits.target).long()
-    train_index, test_index = _split_by_seed(len(images), config, DIGITS_SOURCE)
+    train_index, test_index = split_by_seed(len(images), config.test_fraction, config.split_seed, DIGITS_SOURCE)
     return ImageData(
         train=images[train_index], test=images[test_index],
         train_labels=labels[train_index], test_labels=labels[test_index],
@@ -149,6 +168,18 @@ def _load_fashion_mnist(config: DataConfig) -> ImageData:
             f"`apt-get install -y dataset-fashion-mnist` or set data.path to a folder holding "
             f"{', '.join(stem for stem, _ in FASHION_MNIST_FILES.values())} (each optionally .gz)"
         )
+    arrays = read_idx_folder(folder)
+    return ImageData(
+        train=images_to_tensor(arrays["train_images"], str(folder)),
+        test=images_to_tensor(arrays["test_images"], str(folder)),
+        train_labels=torch.from_numpy(arrays["train_labels"].astype(np.int64)),
+        test_labels=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
+        num_levels=256, name="fashion_mnist", source=str(folder),
+    )
+
+
+def read_idx_folder(folder: Path) -> dict[str, np.ndarray]:
+    """The four IDX arrays of a (Fashion-)MNIST folder (FASHION_MNIST_FILES' keys), image and label counts checked."""
     arrays = {
         key: read_idx(_find_idx_file(folder, stem), magic=magic)
         for key, (stem, magic) in FASHION_MNIST_FILES.items()
@@ -159,19 +190,17 @@ def _load_fashion_mnist(config: DataConfig) -> ImageData:
                 f"{folder}: the {split} split has {len(arrays[f'{split}_images'])} images "
                 f"but {len(arrays[f'{split}_labels'])} labels"
             )
-    return ImageData(
-        train=_images_to_tensor(arrays["train_images"], str(folder)),
-        test=_images_to_tensor(arrays["test_images"], str(folder)),
-        train_labels=torch.from_numpy(arrays["train_labels"].astype(np.int64)),
-        test_labels=torch.from_numpy(arrays["test_labels"].astype(np.int64)),
-        num_levels=256, name="fashion_mnist", source=str(folder),
-    )
+    return arrays
 
 
 def _load_images(config: DataConfig) -> ImageData:
     if config.path is None:
-        raise DataError("data.name=images needs data.path: a PNG folder or a .npy/.npz file")
+        raise DataError("data.name=images needs data.path: a PNG folder, a .npy/.npz file or a dataset folder")
     path = Path(config.path)
+    if is_dataset_folder(path):
+        return _load_dataset_folder(path, lazy=config.lazy)
+    if config.lazy:
+        return _split_lazily(_lazy_reader(path), config, str(path))
     if path.is_dir():
         train, test = _read_png_folder(path), None
     elif path.suffix in (".npy", ".npz") and path.is_file():
@@ -179,12 +208,12 @@ def _load_images(config: DataConfig) -> ImageData:
     else:
         raise DataError(f"{path}: not a folder of PNG files nor an existing .npy/.npz file")
     if test is None:
-        images = _images_to_tensor(train, str(path))
-        train_index, test_index = _split_by_seed(len(images), config, str(path))
+        images = images_to_tensor(train, str(path))
+        train_index, test_index = split_by_seed(len(images), config.test_fraction, config.split_seed, str(path))
         train_images, test_images = images[train_index], images[test_index]
     else:
-        train_images = _images_to_tensor(train, f"{path} (key 'train')")
-        test_images = _images_to_tensor(test, f"{path} (key 'test')")
+        train_images = images_to_tensor(train, f"{path} (key 'train')")
+        test_images = images_to_tensor(test, f"{path} (key 'test')")
         if test_images.shape[1:] != train_images.shape[1:]:
             raise DataError(
                 f"{path}: 'train' images have shape {tuple(train_images.shape[1:])} (C, H, W) but "
@@ -196,15 +225,50 @@ def _load_images(config: DataConfig) -> ImageData:
     )
 
 
-def _split_by_seed(num_images: int, config: DataConfig, source: str) -> tuple[Tensor, Tensor]:
+def _load_dataset_folder(path: Path, *, lazy: bool) -> ImageData:
+    """A folder `vaekit convert` wrote: its own train/test split; the training split memory-mapped if `lazy`."""
+    folder = read_dataset_folder(path)
+    train_source = str(path / "train.npy")
+    labels = folder.labels
+    return ImageData(
+        train=LazyImages.of(ArrayRows(folder.images["train"]), train_source) if lazy
+        else images_to_tensor(folder.images["train"], train_source),
+        test=images_to_tensor(folder.images["test"], str(path / "test.npy")),
+        train_labels=None if labels is None else torch.from_numpy(np.array(labels["train"])),
+        test_labels=None if labels is None else torch.from_numpy(np.array(labels["test"])),
+        num_levels=256, name="images", source=str(path),
+    )
+
+
+def _lazy_reader(path: Path) -> ImageReader:
+    """The images of `path` on disk: a PNG folder decoded on demand, or a .npy file memory-mapped."""
+    if path.is_dir():
+        return PngFiles.scan(png_files(path))
+    if path.suffix == ".npy" and path.is_file():
+        return ArrayRows(open_npy(path))
+    raise DataError(f"{path}: not a folder of PNG files nor an existing .npy file (data.lazy memory-maps .npy "
+                    "files; a .npz cannot be: save its arrays as .npy)")
+
+
+def _split_lazily(reader: ImageReader, config: DataConfig, source: str) -> ImageData:
+    """The seeded split of a reader's images: training images left on disk, test images read into memory."""
+    train_index, test_index = split_by_seed(len(reader), config.test_fraction, config.split_seed, source)
+    return ImageData(
+        train=LazyImages.of(reader, source, index=train_index.numpy()),
+        test=images_to_tensor(reader.read(test_index.numpy()), source),
+        train_labels=None, test_labels=None, num_levels=256, name="images", source=source,
+    )
+
+
+def split_by_seed(num_images: int, test_fraction: float, seed: int, source: str) -> tuple[Tensor, Tensor]:
     """(train, test) indices of a seeded permutation; the first ceil(N * test_fraction) are test."""
-    num_test = math.ceil(round(num_images * config.test_fraction, 9))  # sklearn's rule, float-safe
+    num_test = math.ceil(round(num_images * test_fraction, 9))  # sklearn's rule, float-safe
     if not 0 < num_test < num_images:
         raise DataError(
-            f"{source}: data.test_fraction={config.test_fraction} of {num_images} images leaves "
+            f"{source}: data.test_fraction={test_fraction} of {num_images} images leaves "
             f"{num_test} test and {num_images - num_test} training images; each split needs one"
         )
-    order = torch.randperm(num_images, generator=torch.Generator().manual_seed(config.split_seed))
+    order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
     return order[num_test:], order[:num_test]
 
 
@@ -222,7 +286,7 @@ def _binarize_splits(data: ImageData, config: DataConfig) -> ImageData:
 def _keep_first(data: ImageData, config: DataConfig) -> ImageData:
     return replace(
         data,
-        train=data.train[: config.max_train],
+        train=data.train.first(config.max_train) if isinstance(data.train, LazyImages) else data.train[: config.max_train],
         test=data.test[: config.max_test],
         test_grey=None if data.test_grey is None else data.test_grey[: config.max_test],
         train_labels=None if data.train_labels is None else data.train_labels[: config.max_train],
@@ -249,27 +313,8 @@ def _read_bytes(path: Path) -> bytes:
 
 def _read_png_folder(folder: Path) -> np.ndarray:
     """(N, H, W) uint8 when every PNG is grayscale ('L'), else (N, H, W, 3) RGB; in sorted order."""
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png")
-    if not files:
-        raise DataError(f"{folder}: no .png files in the folder")
-    images = [_open_png(file) for file in files]
-    mode = "L" if all(image.mode == "L" for image in images) else "RGB"
-    for file, image in zip(files, images, strict=True):
-        if image.size != images[0].size:
-            raise DataError(
-                f"{file}: size {image.size[0]}x{image.size[1]} differs from {files[0].name} "
-                f"({images[0].size[0]}x{images[0].size[1]}); all images must be the same size"
-            )
-    return np.stack([np.asarray(image.convert(mode)) for image in images])
-
-
-def _open_png(file: Path) -> Image.Image:
-    try:
-        with Image.open(file) as image:
-            image.load()
-            return image
-    except (OSError, UnidentifiedImageError) as error:
-        raise DataError(f"{file}: not a readable image ({error})") from None
+    reader = PngFiles.scan(png_files(folder))
+    return reader.read(np.arange(len(reader)))
 
 
 def _read_array_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
@@ -290,54 +335,8 @@ def _read_array_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     raise DataError(f"{path}: expected keys 'train' and 'test', or one array; found keys {keys}")
 
 
-def _images_to_tensor(array: np.ndarray, source: str) -> Tensor:
-    """(N, C, H, W) float32 in [0, 1] from a uint8 or [0, 1]-float array in any accepted layout."""
-    return torch.from_numpy(_unit_values(_channels_first(array, source), source))
-
-
-def _channels_first(array: np.ndarray, source: str) -> np.ndarray:
-    """(N, C, H, W) from (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {1, 3}.
-
-    An array that fits both 4-d layouts is read as channels-last.
-    """
-    if array.ndim == 3:
-        array = array[:, None]
-    elif array.ndim == 4 and array.shape[3] in (1, 3):
-        array = array.transpose(0, 3, 1, 2)
-    elif array.ndim != 4 or array.shape[1] not in (1, 3):
-        raise DataError(
-            f"{source}: expected shape (N, H, W), (N, H, W, C) or (N, C, H, W) with C in {{1, 3}}, "
-            f"got {array.shape}"
-        )
-    if array.size == 0:
-        raise DataError(f"{source}: the data is empty (shape {array.shape} as (N, C, H, W))")
-    return array
-
-
-def _unit_values(array: np.ndarray, source: str) -> np.ndarray:
-    """float32 in [0, 1]: uint8 divided by 255; floats checked to be finite and in [0, 1]."""
-    if array.dtype == np.uint8:
-        return np.ascontiguousarray(array, dtype=np.float32) / np.float32(255)
-    if array.dtype.kind != "f":
-        raise DataError(
-            f"{source}: dtype {array.dtype} is not supported; use uint8 (0..255) or floats in [0,1]"
-        )
-    num_nan = int(np.isnan(array).sum())
-    if num_nan:
-        raise DataError(f"{source}: contains {num_nan} NaN values")
-    num_inf = int(np.isinf(array).sum())
-    if num_inf:
-        raise DataError(f"{source}: contains {num_inf} infinite values")
-    low, high = float(array.min()), float(array.max())
-    if low < 0.0 or high > 1.0:
-        raise DataError(
-            f"{source}: values range over [{low:.6g}, {high:.6g}]; float images must be in [0, 1]"
-        )
-    return np.ascontiguousarray(array, dtype=np.float32)
-
-
 def _require_finite(x: Tensor, source: str) -> None:
-    num_bad = int((~torch.isfinite(x)).sum())
+    num_bad = sum(int((~torch.isfinite(part)).sum()) for part in x.reshape(-1).split(CHECK_CHUNK))
     if num_bad:
         raise DataError(f"{source}: contains {num_bad} NaN or infinite values")
 
@@ -377,10 +376,10 @@ def read_images(paths: list[Path], *, channels: int) -> Tensor:
             train, test = _read_array_file(path)
             array = train if test is None else np.concatenate([train, test])
         elif path.is_file():
-            array = np.asarray(_open_png(path).convert("L" if channels == 1 else "RGB"))[None]
+            array = np.asarray(open_png(path).convert("L" if channels == 1 else "RGB"))[None]
         else:
             raise DataError(f"{path}: no such file or folder")
-        images = _images_to_tensor(array, str(path))
+        images = images_to_tensor(array, str(path))
         if images.shape[1] != channels:
             raise DataError(f"{path}: images with {images.shape[1]} channel(s); this model codes {channels}")
         if parts and images.shape[2:] != parts[0].shape[2:]:

@@ -15,12 +15,21 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler
 from tqdm.auto import tqdm
 
 from vaekit.batch import Batch, step_generator
 from vaekit.config import RunConfig, TrainConfig, config_to_dict
-from vaekit.data import ImageData, PointCloudData, binarize, check_support, load_data
+from vaekit.data import (
+    ArrayRows,
+    ImageData,
+    LazyImages,
+    PointCloudData,
+    binarize,
+    check_support,
+    load_data,
+    open_npy,
+    write_npy,
+)
 from vaekit.engine.checkpoint import (
     EMA_FILE,
     MODEL_FILE,
@@ -46,9 +55,12 @@ from vaekit.engine.rundir import (
     write_run_files,
 )
 from vaekit.engine.runs import build_run_model, resolve_parent_run
-from vaekit.errors import CheckpointError, ConfigError, TrainingDivergedError
+from vaekit.errors import CheckpointError, ConfigError, RunDirError, TrainingDivergedError
 from vaekit.evaluation import evaluate, write_pictures
 from vaekit.models import GenerativeModel, Losses
+
+CODES_FILE = Path("codes") / "train.npy"  # a two-stage run's codes of its training split, in its run directory
+CODE_CHUNK = 4096  # training rows encoded at once: a multiple of parent_codes' 256, so the codes equal one pass's
 
 
 def train(
@@ -104,10 +116,11 @@ def _check_data(config: RunConfig, data: ImageData | PointCloudData) -> None:
 
 @dataclass
 class DataOrder:
-    """Which training rows each step uses: DistributedSampler's seeded per-epoch permutation.
+    """Which training rows each step uses: DistributedSampler's seeded per-epoch permutation (shuffle, drop_last).
 
     Process `rank` of `world_size` holds rows rank::world_size of the global batch, so the union of
-    the processes' batches equals the single-process batch of the same global size.
+    the processes' batches equals the single-process batch of the same global size. The permutation is
+    kept as one int64 tensor (DistributedSampler's own iterator makes a Python list of N ints per epoch).
     """
 
     num_examples: int
@@ -125,21 +138,21 @@ class DataOrder:
             raise ConfigError(f"train.batch_size={self.global_batch} exceeds the {self.num_examples} training examples")
         self.local_batch = self.global_batch // self.world_size
         self.steps_per_epoch = self.num_examples // self.global_batch
-        self._sampler = DistributedSampler(
-            range(self.num_examples), num_replicas=self.world_size, rank=self.rank,
-            shuffle=True, seed=self.seed, drop_last=True,
-        )
         self._epoch = -1
         self._indices: Tensor | None = None
 
     def indices(self, step: int) -> Tensor:
         epoch, position = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
-            self._sampler.set_epoch(epoch)
-            self._indices = torch.tensor(list(iter(self._sampler)), dtype=torch.long)
+            self._indices = self.epoch_rows(epoch)
             self._epoch = epoch
         assert self._indices is not None
         return self._indices[position * self.local_batch : (position + 1) * self.local_batch]
+
+    def epoch_rows(self, epoch: int) -> Tensor:
+        """This process's rows of `epoch` in order: DistributedSampler(shuffle=True, drop_last=True, seed)'s."""
+        order = torch.randperm(self.num_examples, generator=torch.Generator().manual_seed(self.seed + epoch))
+        return order[: self.num_examples // self.world_size * self.world_size][self.rank :: self.world_size]
 
 
 def lr_factor(step: int, train: TrainConfig) -> float:
@@ -227,12 +240,12 @@ class Trainer:
         self.skipped_steps = 0  # steps whose update was skipped (train.skip_grad_norm), across resumes
         self.train_seconds = 0.0  # wall time spent in training steps (not evaluation or saving), across resumes
         self.run_dir: Path | None = None
-        self.train_x = data.train.to(ctx.device)
+        # the training rows: in memory on the device, or on disk (lazy images; a two-stage model's codes, see run)
+        self.train_x: Tensor | LazyImages | ArrayRows = (
+            data.train if isinstance(data.train, LazyImages) else data.train.to(ctx.device))
         self.dynamic_binarization = _binarize(config) == "dynamic"
-        if self.optimizers and not self.dynamic_binarization:
-            self.train_x = self.model.training_inputs(self.train_x)  # once per run (a two-stage model's codes)
         self.order = DataOrder(
-            num_examples=self.train_x.shape[0], global_batch=self.train_cfg.batch_size,
+            num_examples=len(self.train_x), global_batch=self.train_cfg.batch_size,
             rank=ctx.rank, world_size=ctx.world_size, seed=self.train_cfg.seed,
         ) if self.optimizers else None  # models fitted without gradients take the whole split at once
 
@@ -282,6 +295,8 @@ class Trainer:
         if not self.optimizers:
             self._fit()
             return
+        if self.model.requires_parent and not self.dynamic_binarization:
+            self.train_x = self._training_codes()  # once per start; after a dynamic binarisation, per batch
         cfg = self.train_cfg
         model: nn.Module = self.model
         if self.ctx.distributed:
@@ -371,16 +386,37 @@ class Trainer:
             return
         self.step = 1
         if self.ctx.is_main:  # one fit; the other processes only meet rank 0 at the barriers
-            x = self.train_x
+            x = self.train_x.load().to(self.ctx.device) if isinstance(self.train_x, LazyImages) else self.train_x
             if _binarize(self.config) == "dynamic":
                 x = binarize(x, step_generator(self.train_cfg.seed, 0, self.ctx.device))
             self._log("train", self.model.fit(x))
             self._evaluate(ONE_PROCESS)  # only this process holds the fitted model: it scores every example
         self._save()
 
+    def _training_codes(self) -> ArrayRows:
+        """A two-stage model's codes of the training split: written by rank 0 into RUN_DIR/codes/train.npy
+        (atomically, CODE_CHUNK rows at a time) and memory-mapped by every process."""
+        path = self.run_dir / CODES_FILE
+        if self.ctx.is_main:
+            count = len(self.train_x)
+            chunks = (self.model.training_inputs(self._rows(torch.arange(start, min(start + CODE_CHUNK, count))))
+                      .cpu().numpy() for start in range(0, count, CODE_CHUNK))
+            write_npy(path, chunks, count)
+        self.ctx.barrier()
+        if not path.is_file():
+            raise RunDirError(f"{path}: rank 0 wrote this run's training codes there, but process {self.ctx.rank} "
+                              "does not see the file; put out_dir on storage every machine reads")
+        return ArrayRows(open_npy(path))
+
+    def _rows(self, indices: Tensor) -> Tensor:
+        """Training rows `indices` on this process's device: indexed in memory, or read from disk."""
+        if isinstance(self.train_x, Tensor):
+            return self.train_x[indices.to(self.ctx.device)]
+        return self.train_x[indices].to(self.ctx.device)
+
     def _batch(self, step: int) -> Batch:
         """This process's rows of the global batch of `step`, binarised afresh if the data asks."""
-        x = self.train_x[self.order.indices(step).to(self.ctx.device)]
+        x = self._rows(self.order.indices(step))
         generator = step_generator(self.train_cfg.seed, step, self.ctx.device)
         batch = Batch(x=x, generator=generator, rank=self.ctx.rank, world_size=self.ctx.world_size)
         if self.dynamic_binarization:
