@@ -166,11 +166,10 @@ class VectorQuantizer(nn.Module):
         """
         per_example = vectors.detach().float().reshape(vectors.shape[0], -1, self.code_dim)  # (B, P, D)
         vectors = per_example.reshape(-1, self.code_dim)  # (B*P, D)
-        global_vectors = batch.all_gather(per_example).reshape(-1, self.code_dim)  # (W*B*P, D) in global order
         first = not bool(self.initialised)
         if first:
-            self._set_codebook(kmeans(global_vectors, self.num_codes, iterations=self.kmeans_iterations,
-                                      generator=batch.generator))
+            self._set_codebook(kmeans(self._gathered(per_example, batch), self.num_codes,
+                                      iterations=self.kmeans_iterations, generator=batch.generator))
             self.initialised.fill_(True)
             self.last_restart.fill_(step)
         if first or indices is None:
@@ -186,12 +185,19 @@ class VectorQuantizer(nn.Module):
             self.embed_sum.lerp_(batch.all_reduce(local_sums), 1.0 - self.decay)
             self.codebook.copy_(self.embed_sum / laplace_smoothed(self.cluster_size, self.eps)[:, None])
         if self.restart_after > 0:
-            self._restart_dead_codes(global_vectors, batch.generator, step)
+            self._restart_dead_codes(per_example, batch, step)
 
-    def _restart_dead_codes(self, vectors: Tensor, generator: torch.Generator | None, step: int) -> None:
+    def _gathered(self, per_example: Tensor, batch: Batch) -> Tensor:
+        """The global batch's vectors (W*B*P, D) in global order, from this process's (B, P, D)."""
+        return batch.all_gather(per_example).reshape(-1, self.code_dim)
+
+    def _restart_dead_codes(self, per_example: Tensor, batch: Batch, step: int) -> None:
+        """Restart codes unused for more than restart_after steps at random vectors of the global batch (gathered
+        only then: every process holds the same buffers, so all decide alike)."""
         dead = step - torch.maximum(self.last_used, self.last_restart) > self.restart_after  # (K,)
         if not bool(dead.any()):
             return
+        vectors, generator = self._gathered(per_example, batch), batch.generator
         device = generator.device if generator is not None else vectors.device
         picks = torch.randint(len(vectors), (self.num_codes,), generator=generator, device=device).to(vectors.device)
         self.last_restart[dead] = step  # another restart_after steps to be chosen
