@@ -40,3 +40,17 @@ def test_a_device_this_machine_does_not_have_is_one_clear_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ConfigError, match="CUDA device"):
         resolve_device("cuda")
+
+
+def test_yaml_aliases_are_refused_so_a_billion_laughs_config_cannot_expand(tmp_path):
+    from vaekit.config import load_config
+    from vaekit.errors import ConfigError
+
+    laughs = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    laughs += [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(laughs) + "\nname: laughs\n")  # 9^9 strings if expanded
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(path)
+    path.write_text("name: anchored\nmodel: {name: vae}\ntrain: &t {steps: 5}\n")  # an anchor alone is harmless
+    assert load_config(path).train.steps == 5

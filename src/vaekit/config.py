@@ -229,6 +229,21 @@ _DATA_NAMES = ("digits", "fashion_mnist", "images", "procedural", "point_folder"
 DEFAULT_PRESET = "digits-vae"
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses anchors' aliases: a config has no use for them, and nested aliases
+    ("billion laughs") expand to exponentially large documents when anything walks them."""
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError(f"aliases (*name) are not allowed in a vaekit config{self.peek_event().start_mark}")
+        return super().compose_node(parent, index)
+
+
+def _load_yaml(text: str) -> Any:
+    """YAML without Python objects (safe) and without aliases."""
+    return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: no Python objects
+
+
 def _read_yaml(path_or_preset: str | Path) -> dict[str, Any]:
     path = Path(path_or_preset)
     if not path.exists() and (PRESET_DIR / f"{path_or_preset}.yaml").exists():
@@ -238,7 +253,7 @@ def _read_yaml(path_or_preset: str | Path) -> dict[str, Any]:
             f"config {str(path_or_preset)!r} is neither a file nor a preset; presets: {', '.join(preset_names())}"
         )
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = _load_yaml(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(raw, dict):
@@ -252,7 +267,7 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     if not sep or not key:
         raise ConfigError(f"override {override!r} is not of the form key=value (e.g. train.steps=500)")
     try:
-        value = yaml.safe_load(text)
+        value = _load_yaml(text)
     except yaml.YAMLError:
         value = text
     node = raw
