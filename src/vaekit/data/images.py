@@ -32,7 +32,15 @@ from torch import Tensor
 
 from vaekit.config import DataConfig
 from vaekit.data.folder import is_dataset_folder, read_dataset_folder
-from vaekit.data.lazy import NUM_LEVELS, ArrayRows, ImageReader, LazyImages, PngFiles, open_npy
+from vaekit.data.lazy import (
+    NPY_HEADER_READERS,
+    NUM_LEVELS,
+    ArrayRows,
+    ImageReader,
+    LazyImages,
+    PngFiles,
+    open_npy,
+)
 from vaekit.data.pixels import images_to_tensor, open_png, png_files
 from vaekit.errors import DataError
 
@@ -319,11 +327,13 @@ def _read_png_folder(folder: Path) -> np.ndarray:
 
 def _read_array_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """(images, None) from a .npy or one-array .npz; (train, test) from a .npz with those keys."""
+    if path.suffix == ".npy":  # its header checked against the file's length before anything is allocated
+        return np.array(open_npy(path)), None
     try:
-        if path.suffix == ".npy":
-            return np.load(path, allow_pickle=False), None
         with np.load(path, allow_pickle=False) as archive:
             keys = list(archive.keys())
+            for key in keys:
+                _check_npz_member(archive.zip, f"{key}.npy", path)
             if "train" in keys and "test" in keys:
                 return archive["train"], archive["test"]
             if len(keys) == 1:
@@ -333,6 +343,21 @@ def _read_array_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(f"{path}: cannot read the file ({error})") from None
     raise DataError(f"{path}: expected keys 'train' and 'test', or one array; found keys {keys}")
+
+
+def _check_npz_member(archive: zipfile.ZipFile, member: str, path: Path) -> None:
+    """The array header of one .npz member against its uncompressed size, before numpy allocates the array."""
+    try:
+        with archive.open(member) as file:
+            version = np.lib.format.read_magic(file)
+            shape, _, dtype = NPY_HEADER_READERS[version](file)
+            header = file.tell()
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(f"{path}: member {member} is not a readable array ({error})") from None
+    declared = header + math.prod(shape) * dtype.itemsize
+    if dtype.hasobject or declared != archive.getinfo(member).file_size:
+        raise DataError(f"{path}: member {member} declares shape {shape} of {dtype} ({declared} bytes) but holds "
+                        f"{archive.getinfo(member).file_size}")
 
 
 def _require_finite(x: Tensor, source: str) -> None:

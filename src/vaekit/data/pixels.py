@@ -70,7 +70,7 @@ def open_png(file: Path) -> Image.Image:
         with Image.open(file) as image:
             image.load()
             return image
-    except (OSError, UnidentifiedImageError) as error:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise DataError(f"{file}: not a readable image ({error})") from None
 
 
@@ -79,7 +79,7 @@ def png_header(file: Path) -> tuple[str, tuple[int, int]]:
     try:
         with Image.open(file) as image:
             return image.mode, image.size
-    except (OSError, UnidentifiedImageError) as error:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
         raise DataError(f"{file}: not a readable image ({error})") from None
 
 
