@@ -86,10 +86,46 @@ def test_bad_point_files(tmp_path, content, message):
 
 def test_unreadable_and_empty_files(tmp_path):
     (tmp_path / "broken.npy").write_bytes(b"not numpy")
-    with pytest.raises(DataError, match="broken.npy: unreadable"):
+    with pytest.raises(DataError, match="broken.npy: not a .npy file"):
         read_cloud(tmp_path / "broken.npy", 64, seed=0)
     (tmp_path / "empty.off").write_text("OFF\n0 0 0\n")
     with pytest.raises(DataError, match="empty.off"):
         read_cloud(tmp_path / "empty.off", 64, seed=0)
     with pytest.raises(DataError, match="no such folder"):
         load_point_folder(tmp_path / "missing")
+
+
+def test_hostile_point_and_mesh_files_are_one_data_error_naming_the_file(tmp_path):
+    """Findings of the hardening campaign: each is one DataError that names the file and says what is wrong."""
+    (tmp_path / "text.npy").write_text("1 2 3\n4 5 6\n")  # a text file named .npy: not "pickled data"
+    with pytest.raises(DataError, match="text.npy: not a .npy file"):
+        read_cloud(tmp_path / "text.npy", 64, seed=0)
+    (tmp_path / "latin.off").write_bytes(b"OFF\n\xff\xfe 1 0\n0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n")  # not UTF-8
+    with pytest.raises(DataError, match="latin.off: not a readable mesh"):
+        read_cloud(tmp_path / "latin.off", 64, seed=0)
+    (tmp_path / "nan.off").write_text("OFF\n3 1 0\n0 0 0\n1 0 nan\n0 1 0\n3 0 1 2\n")  # not "empty mesh"
+    with pytest.raises(DataError, match="nan.off: contains 1 NaN or infinite vertex"):
+        read_cloud(tmp_path / "nan.off", 64, seed=0)
+
+
+@pytest.mark.parametrize("mode", ["unit_sphere", "unit_box"])
+@pytest.mark.parametrize("points", [np.zeros((30, 3)), np.full((30, 3), 7.0)], ids=["zeros", "one-point"])
+def test_a_cloud_without_a_nonzero_extent_is_refused_not_normalised_to_one_point(points, mode):
+    with pytest.raises(DataError, match="cloud.npy: its points span"):
+        normalize(points.astype(np.float32), mode, "cloud.npy")
+
+
+@pytest.mark.parametrize("mode", ["unit_sphere", "unit_box"])
+def test_coordinates_near_the_float32_limit_normalise_without_overflow(mode):
+    points = np.array([[3e38, 0, 0], [-3e38, 0, 0], [0, 1e38, 0]] * 10, dtype=np.float32)  # squares overflow float32
+    normalised = normalize(points, mode, "cloud.npy")
+    assert np.isfinite(normalised).all() and normalised.dtype == np.float32
+    assert np.ptp(normalised[:, 0]) > 0.5 and np.ptp(normalised[:, 1]) > 0.1  # not collapsed to one point
+
+
+def test_an_empty_category_folder_is_refused_not_a_class_without_shapes(tmp_path):
+    (tmp_path / "box").mkdir()
+    (tmp_path / "empty").mkdir()
+    trimesh.creation.box((1, 2, 3)).export(tmp_path / "box" / "a.off")
+    with pytest.raises(DataError, match="empty: a category folder without point or mesh files"):
+        load_point_folder(tmp_path, num_points=64)

@@ -25,6 +25,7 @@ import torch
 import trimesh
 from torch import Tensor
 
+from vaekit.data.lazy import open_npy
 from vaekit.errors import DataError
 from vaekit.io import atomic_write_bytes, atomic_write_npz
 
@@ -48,21 +49,30 @@ class PointCloudData:
     source: str
 
 
-def normalize(points: np.ndarray, mode: Normalization) -> np.ndarray:
-    """Normalise one cloud (P, 3) as `mode` says (see the module docstring)."""
+def normalize(points: np.ndarray, mode: Normalization, source: str = "a cloud") -> np.ndarray:
+    """Normalise one cloud (P, 3) as `mode` says (see the module docstring); DataError when its extent is 0
+    (every point the same) or overflows, since scaling it would collapse it to one point."""
     if mode == "none":
         return points
+    wide = points.astype(np.float64)  # float32 coordinates near 1e38 overflow their own squares
     if mode == "unit_sphere":
-        centred = points - points.mean(0)
-        return centred / max(float(np.linalg.norm(centred, axis=1).max()), 1e-12)
-    if mode == "unit_box":
-        low, high = points.min(0), points.max(0)
-        return (points - (low + high) / 2) / max(float((high - low).max()), 1e-12)
-    raise NotImplementedError(mode)
+        centred = wide - wide.mean(0)
+        extent = float(np.linalg.norm(centred, axis=1).max())
+    elif mode == "unit_box":
+        low, high = wide.min(0), wide.max(0)
+        centred, extent = wide - (low + high) / 2, float((high - low).max())
+    else:
+        raise NotImplementedError(mode)
+    if not np.isfinite(extent) or extent <= 1e-12:
+        raise DataError(f"{source}: its points span {extent:g}; a {mode} normalisation needs a finite, nonzero extent")
+    return (centred / extent).astype(points.dtype)
 
 
 def sample_surface(mesh: trimesh.Trimesh, num_points: int, seed: int, source: str) -> np.ndarray:
     """num_points drawn uniformly by area on the mesh's surface: (P, 3) float32."""
+    if not np.isfinite(mesh.vertices).all():
+        raise DataError(f"{source}: contains {int((~np.isfinite(mesh.vertices)).sum())} NaN or infinite vertex "
+                        "coordinates")
     if mesh.is_empty or mesh.area <= 0:
         raise DataError(f"{source}: empty mesh (no faces with area)")
     points, _ = trimesh.sample.sample_surface(mesh, num_points, seed=seed)
@@ -206,8 +216,11 @@ def load_point_folder(
     clouds, labels = [], []
     for c, category in enumerate(categories):
         files = sorted(f for f in (root / category).iterdir() if f.suffix.lower() in POINT_SUFFIXES + MESH_SUFFIXES)
+        if not files:
+            raise DataError(f"{root / category}: a category folder without point or mesh files "
+                            f"({', '.join(POINT_SUFFIXES + MESH_SUFFIXES)})")
         for i, file in enumerate(files):
-            clouds.append(normalize(read_cloud(file, num_points, seed * 1_000_003 + i), normalization))
+            clouds.append(normalize(read_cloud(file, num_points, seed * 1_000_003 + i), normalization, str(file)))
             labels.append(c)
     if not clouds:
         raise DataError(f"{root}: no point or mesh files ({', '.join(POINT_SUFFIXES + MESH_SUFFIXES)})")
@@ -218,24 +231,34 @@ def read_cloud(file: Path, num_points: int, seed: int) -> np.ndarray:
     """One cloud of exactly num_points from a point file or a mesh: (P, 3) float32."""
     suffix = file.suffix.lower()
     try:
-        if suffix == ".npy":
-            points = np.load(file, allow_pickle=False)
+        if suffix == ".npy":  # the header checked first: a text file named .npy is "not a .npy file"
+            points = np.array(open_npy(file))
         elif suffix == ".npz":
             with np.load(file, allow_pickle=False) as archive:
                 points = archive[archive.files[0]]
         elif suffix == ".xyz":
             points = np.loadtxt(file, ndmin=2)[:, :3]
         else:
-            geometry = trimesh.load(file, force="mesh" if suffix != ".ply" else None)
+            geometry = _load_mesh(file, suffix)
             if isinstance(geometry, trimesh.PointCloud):
                 points = np.asarray(geometry.vertices)
             else:
                 return _check_cloud(sample_surface(geometry, num_points, seed, str(file)), file)
+    except DataError:
+        raise
     except (OSError, ValueError, IndexError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"{file}: unreadable ({type(error).__name__}: {error})") from None
     points = _check_cloud(np.asarray(points, dtype=np.float32), file)
     index = np.random.default_rng(seed).choice(len(points), num_points, replace=len(points) < num_points)
     return points[index]
+
+
+def _load_mesh(file: Path, suffix: str) -> trimesh.Trimesh | trimesh.PointCloud:
+    """trimesh's reading of a mesh or .ply file; any failure of its parsers is one DataError naming the file."""
+    try:
+        return trimesh.load(file, force="mesh" if suffix != ".ply" else None, process=False)  # raw: checked here
+    except Exception as error:  # noqa: BLE001 - a third-party parser of untrusted files may raise anything
+        raise DataError(f"{file}: not a readable mesh ({type(error).__name__}: {error})") from None
 
 
 def _check_cloud(points: np.ndarray, file: Path) -> np.ndarray:
