@@ -95,7 +95,7 @@ def test_a_damaged_file_is_one_clear_error_never_images(runs, test_digits, damag
         data = data[:9]
     elif damage == "empty":
         data = bytearray()
-    elif damage in ("count", "batch"):  # a header number changed: 5 images -> 6, batch 256 -> 257
+    elif damage in ("count", "batch"):  # a header number changed: 5 images -> 6, batch 5 -> 6
         data[8 if damage == "count" else 12] += 1
     else:
         data += b"\x00"

@@ -107,10 +107,11 @@ class VQCodec:
             raise DataError("no images to compress")
         encoder = constriction.stream.queue.RangeEncoder()
         family = constriction.stream.model.Categorical(perfect=False)
+        batch = min(self.batch, len(images))  # the same layout, and a smaller number in the header
         with _threads(self.threads):
             codes = torch.cat([self.vq.latent_codes(chunk).view(len(chunk), self.num_positions)
-                               for chunk in self._padded(images.float().cpu()).split(self.batch)])  # (N, P)
-            for known in codes.split(self.batch):
+                               for chunk in self._padded(images.float().cpu()).split(batch)])  # (N, P)
+            for known in codes.split(batch):
                 symbols = known.numpy().astype(np.int32)
 
                 def encode(position: int, probabilities: np.ndarray, symbols: np.ndarray = symbols) -> np.ndarray:
@@ -120,7 +121,7 @@ class VQCodec:
                 self._walk(len(known), encode)
         payload = encoder.get_compressed().astype("<u4").tobytes()
         header = Header(self._fingerprint, len(images), images.shape[1], images.shape[2], images.shape[3],
-                        self.batch, self.threads, zlib.crc32(codes.numpy().astype("<i4").tobytes()))
+                        batch, self.threads, zlib.crc32(codes.numpy().astype("<i4").tobytes()))
         return pack(header, payload)
 
     def _check_header(self, header: Header, source: str) -> None:
