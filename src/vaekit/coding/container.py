@@ -5,7 +5,7 @@ Layout (all integers unsigned LEB128 varints unless stated):
   settings) | count | channels | height | width (the true image size) | batch | threads (the layout
   the prior was evaluated in: images per batch and torch threads, which the decoder repeats) |
   payload length | CRC-32 of the header before it and the payload (4 bytes, little endian) |
-  CRC-32 of the decoded code indices (4 bytes) | payload. 21 bytes for one 28x28 image.
+  CRC-32 of the decoded code indices (4 bytes) | payload. 23 bytes for one 28x28 image.
 The entropy coder itself cannot tell a damaged stream from a good one (constriction decodes any
 bits), so the lengths, both CRCs and an empty coder after the last symbol are what catch a
 truncated file, flipped bits or another model.
