@@ -33,13 +33,13 @@ from torch import Tensor
 from vaekit.config import DataConfig
 from vaekit.data.folder import is_dataset_folder, read_dataset_folder
 from vaekit.data.lazy import (
-    NPY_HEADER_READERS,
     NUM_LEVELS,
     ArrayRows,
     ImageReader,
     LazyImages,
     PngFiles,
     open_npy,
+    read_npy_header,
 )
 from vaekit.data.pixels import images_to_tensor, open_png, png_files
 from vaekit.errors import DataError
@@ -349,9 +349,7 @@ def _check_npz_member(archive: zipfile.ZipFile, member: str, path: Path) -> None
     """The array header of one .npz member against its uncompressed size, before numpy allocates the array."""
     try:
         with archive.open(member) as file:
-            version = np.lib.format.read_magic(file)
-            shape, _, dtype = NPY_HEADER_READERS[version](file)
-            header = file.tell()
+            shape, _, dtype, header = read_npy_header(file)
     except (KeyError, ValueError, OSError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(f"{path}: member {member} is not a readable array ({error})") from None
     declared = header + math.prod(shape) * dtype.itemsize

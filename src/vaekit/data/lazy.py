@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 import numpy as np
 import torch
@@ -162,15 +162,21 @@ class LazyImages:
         return self.reader.read(positions if self.index is None else self.index[positions])
 
 
+def read_npy_header(file: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran_order, dtype, data offset) of the .npy stream `file`, without reading its data;
+    ValueError (numpy's words) when it is not a .npy header of format 1.0 or 2.0."""
+    version = np.lib.format.read_magic(file)
+    if version not in NPY_HEADER_READERS:
+        raise ValueError(f"format version {version[0]}.{version[1]} is not supported, only 1.0 and 2.0")
+    shape, fortran_order, dtype = NPY_HEADER_READERS[version](file)
+    return shape, fortran_order, dtype, file.tell()
+
+
 def open_npy(path: Path) -> np.ndarray:
     """A .npy file memory-mapped read-only; its header (numeric dtype, C order) checked against the file's length first."""
     try:
         with path.open("rb") as file:
-            version = np.lib.format.read_magic(file)
-            if version not in NPY_HEADER_READERS:
-                raise ValueError(f"format version {version[0]}.{version[1]} is not supported, only 1.0 and 2.0")
-            shape, fortran_order, dtype = NPY_HEADER_READERS[version](file)
-            offset = file.tell()
+            shape, fortran_order, dtype, offset = read_npy_header(file)
         size = path.stat().st_size
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
