@@ -126,6 +126,19 @@ def test_max_train_and_max_test_keep_the_first_images():
         DataConfig(name="digits", max_train=0)
 
 
+
+def test_validation_images_come_from_the_end_of_the_training_split_and_no_test_image_is_read():
+    full = load_image_data(DataConfig(name="digits"))
+    held = load_image_data(DataConfig(name="digits", validation=100, binarize="dynamic"))
+    assert torch.equal(held.train, full.train[:-100]) and torch.equal(held.train_labels, full.train_labels[:-100])
+    assert torch.equal(held.test_grey, full.train[-100:]) and torch.equal(held.test_labels, full.train_labels[-100:])
+    assert set(held.test.unique().tolist()) == {0.0, 1.0}  # binarised once, as the test split would be
+    with pytest.raises(DataError, match="data.validation=1437 leaves no training images"):
+        load_image_data(DataConfig(name="digits", validation=len(full.train)))
+    with pytest.raises(ValidationError, match="data.validation splits the training split in memory"):
+        DataConfig(name="images", path="x", lazy=True, validation=10)
+
+
 # Fashion-MNIST and IDX files
 
 

@@ -46,6 +46,7 @@ class DataConfig(Section):
     max_train: int | None = Field(None, ge=1)  # keep only the first N training images (quick runs)
     max_test: int | None = Field(None, ge=1)  # keep only the first N test images
     lazy: bool = False  # images: keep the training split on disk as uint8, read per batch (data larger than memory)
+    validation: int = Field(0, ge=0)  # >0: the last N training images replace the test split (choosing settings)
 
     @model_validator(mode="after")
     def _lazy_reads_image_files(self) -> DataConfig:
@@ -56,6 +57,9 @@ class DataConfig(Section):
         if self.lazy and self.binarize == "static":
             raise ValueError("data.binarize=static binarises the whole training split once in memory; with data.lazy "
                              "use data.binarize=dynamic")
+        if self.lazy and self.validation:
+            raise ValueError("data.validation splits the training split in memory; with data.lazy convert a "
+                             "validation split of its own and name it as the test split")
         return self
 
 

@@ -82,9 +82,11 @@ class ImageData:
 
 
 def load_image_data(config: DataConfig) -> ImageData:
-    """The splits `config` names, binarised as asked, then cut to the first max_train/max_test."""
+    """The splits `config` names, the validation images split off, binarised as asked, then cut to the first
+    max_train/max_test."""
     loaders = {"digits": _load_digits, "fashion_mnist": _load_fashion_mnist, "images": _load_images}
-    return _keep_first(_binarize_splits(loaders[config.name](config), config), config)
+    data = _split_validation(loaders[config.name](config), config.validation)
+    return _keep_first(_binarize_splits(data, config), config)
 
 
 def binarize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -278,6 +280,19 @@ def split_by_seed(num_images: int, test_fraction: float, seed: int, source: str)
         )
     order = torch.randperm(num_images, generator=torch.Generator().manual_seed(seed))
     return order[num_test:], order[:num_test]
+
+
+def _split_validation(data: ImageData, count: int) -> ImageData:
+    """The last `count` training images become the evaluation split; the test split is left out entirely."""
+    if not count:
+        return data
+    if count >= len(data.train):
+        raise DataError(f"data.validation={count} leaves no training images: the training split of {data.source} "
+                        f"holds {len(data.train)}")
+    labels = data.train_labels
+    return replace(data, train=data.train[:-count], test=data.train[-count:],
+                   train_labels=None if labels is None else labels[:-count],
+                   test_labels=None if labels is None else labels[-count:])
 
 
 def _binarize_splits(data: ImageData, config: DataConfig) -> ImageData:
