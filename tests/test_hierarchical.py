@@ -189,6 +189,19 @@ def test_the_image_size_must_divide_by_the_scales():
         HierarchicalVAE(HierarchicalVAEConfig(image_shape=(1, 12, 12), downsamples=1, groups_per_scale=(1, 1, 1)))
 
 
+
+@pytest.mark.parametrize("cells_per_resolution", [0, 2])
+def test_cells_per_resolution_sets_the_cells_between_the_image_and_the_latent_scales(cells_per_resolution):
+    from vaekit.nn.residual import ResidualCell
+
+    config = HierarchicalVAEConfig(image_shape=(1, 16, 16), downsamples=2, groups_per_scale=(1, 2), cells_per_group=1,
+                                   cells_per_resolution=cells_per_resolution)
+    model = HierarchicalVAE(config)
+    cells = sum(isinstance(m, ResidualCell) for m in model.modules())
+    assert cells == 2 * 3 * 1 + 2 * 2 * cells_per_resolution  # both towers: 3 groups, 2 resolutions above them
+    x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)).round()
+    assert model.reconstruct(x).shape == x.shape
+
 def test_logged_kl_per_group_sums_to_the_kl():
     model = _three_groups().float()
     x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(12)).round()

@@ -50,6 +50,7 @@ class HierarchicalVAEConfig(ModelConfig):
     groups_per_scale: Sizes = Field((2, 2), min_length=1)  # groups per scale, coarsest first; x2 finer each
     latent_channels: int = Field(4, ge=1)  # channels of each group's z_l map
     cells_per_group: int = Field(1, ge=0)  # residual cells per group in each tower
+    cells_per_resolution: int = Field(1, ge=0)  # residual cells at each resolution above the latent scales, per tower
     squeeze_excitation: bool = True  # SE gates in the residual cells
     likelihood: LikelihoodName = "bernoulli"  # p(x|z), factorised over pixels
     num_bins: int = Field(256, ge=2)  # logistic likelihoods: intensity levels of the data
@@ -108,6 +109,7 @@ class HierarchicalVAE(GenerativeModel):
                               f"image height and width divisible by {factor}, got {height}x{width}")
         self.likelihood = config.likelihood_spec()
         ch, cz, cells, se = config.channels, config.latent_channels, config.cells_per_group, config.squeeze_excitation
+        cells_above = config.cells_per_resolution
         self.group_scales = [s for s, groups in enumerate(config.groups_per_scale) for _ in range(groups)]  # (L,)
         self.register_buffer("kl_alphas", kl_balance_alphas(config.groups_per_scale), persistent=False)
         self.top_shape = (ch, height // factor, width // factor)
@@ -115,7 +117,7 @@ class HierarchicalVAE(GenerativeModel):
         # bottom-up: stem, downsampling to the finest latent scale, then one tower stage per group (fine -> coarse)
         self.stem = nn.Conv2d(in_channels, ch, 3, padding=1)
         self.encoder_down = nn.ModuleList(
-            nn.Sequential(residual_stack(ch, 1, squeeze_excitation=se), nn.Conv2d(ch, ch, 3, stride=2, padding=1))
+            nn.Sequential(residual_stack(ch, cells_above, squeeze_excitation=se), nn.Conv2d(ch, ch, 3, stride=2, padding=1))
             for _ in range(config.downsamples))
         self.encoder_groups = nn.ModuleList(residual_stack(ch, cells, squeeze_excitation=se) for _ in self.group_scales)
         self.encoder_scale_down = nn.ModuleList(nn.Conv2d(ch, ch, 3, stride=2, padding=1) for _ in range(scales - 1))
@@ -131,7 +133,7 @@ class HierarchicalVAE(GenerativeModel):
         self.decoder_scale_up = nn.ModuleList(nn.Conv2d(ch, ch, 3, padding=1) for _ in range(scales - 1))
         self.decoder_up = nn.ModuleList(
             nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(ch, ch, 3, padding=1),
-                          residual_stack(ch, 1, squeeze_excitation=se))
+                          residual_stack(ch, cells_above, squeeze_excitation=se))
             for _ in range(config.downsamples))
         self.output = nn.Sequential(nn.SiLU(), nn.Conv2d(ch, self.likelihood.num_params(in_channels), 3, padding=1))
         for head in [*self.prior_heads, *self.posterior_heads]:  # start at the prior N(0, I) and q = p
