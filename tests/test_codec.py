@@ -3,6 +3,8 @@ clear error for every kind of damaged or foreign file."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from conftest import tiny_config
 
 import vaekit
 from vaekit.cli import main
-from vaekit.coding.container import decode_varint, encode_varint
+from vaekit.coding.container import Header, decode_varint, encode_varint, pack, unpack
 from vaekit.coding.vq_codec import VQCodec
 from vaekit.config import load_config
 from vaekit.data import load_data
@@ -154,3 +156,74 @@ def test_the_cli_compresses_a_folder_and_an_array_and_decompresses_to_pngs(runs,
     err = capsys.readouterr().err
     assert err.startswith("vaekit: error:") and "truncated" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "again").exists()
+
+
+@pytest.mark.parametrize("forgery", ["count", "batch", "payload", "images"])
+def test_a_forged_file_whose_crc_holds_is_still_one_codec_error(runs, test_digits, forgery):
+    """Header numbers or payload changed and the CRC recomputed, as a forger would: more images than the payload holds,
+    a batch whose prior caches take gigabytes, payload bits no coder wrote. Fuzzing found forged counts and batches
+    ending in constriction's AssertionError after seconds of decoding, or decoding zeros past the payload's end for
+    hours (10^7 images in batches of 5)."""
+    codec = VQCodec(vaekit.load(runs[1]))
+    header, payload = unpack(codec.compress(test_digits[:5]))
+    if forgery == "payload":
+        payload = bytes(byte ^ 0xFF for byte in payload)
+    else:
+        count, batch = {"count": (2**40, 1), "batch": (10**6, 10**6), "images": (10**7, 5)}[forgery]
+        header = Header(header.fingerprint, count, header.channels, header.height, header.width, batch, header.threads,
+                        header.codes_crc)
+    with pytest.raises(CodecError, match="is damaged"):
+        codec.decompress(pack(header, payload))
+
+
+def test_a_forged_thread_count_runs_torch_on_at_most_one_thread_per_cpu(runs, test_digits, monkeypatch):
+    """Fuzzing found a header saying 1000 threads running torch on 1000 threads: minutes per image on two cores."""
+    import os
+
+    codec = VQCodec(vaekit.load(runs[1]))
+    data = codec.compress(test_digits[:5])
+    header, payload = unpack(data)
+    forged = Header(header.fingerprint, header.count, header.channels, header.height, header.width, header.batch,
+                    1000, header.codes_crc)
+    requested = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda count, set_threads=torch.set_num_threads: (
+        requested.append(count), set_threads(count)))
+    try:
+        images = codec.decompress(pack(forged, payload))
+        assert torch.equal(images, codec.decompress(data))
+    except CodecError as error:
+        assert "it needs the 1000 torch threads it was written with" in str(error)
+    assert requested and max(requested) <= (os.cpu_count() or 1)
+
+
+def test_a_batch_no_decoder_would_accept_is_refused_when_compressing(runs):
+    with pytest.raises(ValueError, match="batch=5000"):
+        VQCodec(vaekit.load(runs[1]), batch=5000)
+
+
+def test_info_describes_a_vqz_file_from_its_header_without_building_a_model(runs, test_digits, tmp_path, capsys,
+                                                                           monkeypatch):
+    data = VQCodec(vaekit.load(runs[1]), batch=4, threads=1).compress(test_digits[:5])
+    path = tmp_path / "digits.vqz"
+    path.write_bytes(data)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("info built a model")
+
+    monkeypatch.setattr("vaekit.api.load", no_model)
+    monkeypatch.setattr("vaekit.api.find_checkpoint", no_model)
+    assert main(["info", str(path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    expected = {"format": "vqz", "version": 2, "count": 5, "image_shape": [1, 8, 8], "batch": 4, "threads": 1,
+                "checksum": "ok"}
+    assert {key: info[key] for key in expected} == expected
+    assert info["payload_bytes"] == len(data) - 23  # magic, version, fingerprint: 8 bytes; 7 one-byte numbers; 2 CRCs
+    assert bytes.fromhex(info["fingerprint"]) == data[4:8]
+    path.write_bytes(data[:-1])
+    payload = len(data) - 23
+    assert vaekit.info(path)["checksum"] == f"damaged: the payload holds {payload - 1} bytes, the header says {payload}"
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    assert vaekit.info(path)["checksum"] == "damaged: the CRC-32 of header and payload does not match"
+    path.write_bytes(b"PNG" + data[3:])
+    assert main(["info", str(path)]) == 2
+    assert "is not a .vqz file" in capsys.readouterr().err

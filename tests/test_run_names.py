@@ -71,3 +71,28 @@ def test_force_replaces_a_marked_run_directory_and_nothing_beside_it(scratch):
     assert not (run_dir / "stale.txt").exists() and (run_dir / RUN_MARKER).is_file()
     assert (run_dir / "checkpoints/step-2/model.safetensors").is_file()
     assert {k: v for k, v in _snapshot(scratch).items() if not k.startswith("runs/mine")} == others
+
+
+def test_a_force_interrupted_while_deleting_leaves_a_folder_force_still_replaces(scratch, monkeypatch):
+    import shutil
+
+    config = tiny_config(scratch / "runs", "train.steps=2", "train.checkpoint_every=2", name="mine")
+    run_dir = vaekit.train(config, quiet=True)
+    real_rmtree = shutil.rmtree
+
+    def killed_while_deleting(path, *args, **kwargs):  # a kill after the first files are gone
+        (Path(path) / RUN_MARKER).unlink(missing_ok=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", killed_while_deleting)
+    with pytest.raises(KeyboardInterrupt):
+        vaekit.train(config, force=True, quiet=True)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    vaekit.train(config, force=True, quiet=True)
+    assert (run_dir / "checkpoints/step-2/model.safetensors").is_file()
+
+
+def test_resume_names_an_empty_run_directory_as_empty(scratch):
+    (scratch / "runs" / "empty").mkdir()
+    with pytest.raises(RunDirError, match="runs/empty is empty"):
+        vaekit.train(tiny_config(scratch / "runs", "train.steps=1", name="empty"), resume=True, quiet=True)

@@ -30,7 +30,12 @@ def train(
 
 
 def info(path: str | Path) -> dict[str, Any]:
-    """What a run directory or checkpoint holds: model, step, parameter count, files, versions."""
+    """What a run directory or checkpoint holds (model, step, parameter count, files, versions), or what a .vqz file's
+    header says (count, image shape, batch, threads, payload length, whether its CRC holds; no model is built)."""
+    if Path(path).is_file():
+        from vaekit.coding.container import describe
+
+        return describe(Path(path))
     checkpoint = find_checkpoint(path)
     state = read_state(checkpoint)
     tensors = load_tensor_file(checkpoint, "model.safetensors", state)

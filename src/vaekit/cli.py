@@ -94,8 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--quiet", action="store_true", help="no progress bar")
     convert.set_defaults(handler=_convert)
 
-    info = commands.add_parser("info", help="what a run directory or checkpoint holds")
-    info.add_argument("path")
+    info = commands.add_parser("info", help="what a run directory, checkpoint or .vqz file holds")
+    info.add_argument("path", help="a run directory, a checkpoint folder, or a .vqz file (its header, read without a "
+                                   "model)")
     info.set_defaults(handler=_info)
 
     commands.add_parser("models", help="the registered model families and their config keys").set_defaults(handler=_models)

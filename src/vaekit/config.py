@@ -26,6 +26,9 @@ PositiveInt = Annotated[int, Field(ge=1)]
 Sizes = tuple[PositiveInt, ...]  # layer widths, channels, shapes: every entry at least 1
 Probability = Annotated[float, Field(ge=0, lt=1)]
 SEED_LIMIT = 2**63  # torch seeds are 64-bit
+Seed = Annotated[int, Field(ge=0, lt=SEED_LIMIT)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+ImageShape = tuple[PositiveInt, PositiveInt, PositiveInt]  # (C, H, W)
 
 
 class Section(BaseModel):
@@ -40,9 +43,9 @@ class DataConfig(Section):
     name: Literal["digits", "fashion_mnist", "images"] = "digits"  # digits = sklearn 8x8 (embedded)
     path: str | None = None  # fashion_mnist: IDX folder; images: PNG folder, .npy/.npz file or `vaekit convert` folder
     test_fraction: float = Field(0.2, gt=0, lt=1)  # digits/images: share held out as the test split
-    split_seed: int = 0  # fixes the train/test split of digits/images
+    split_seed: Seed = 0  # fixes the train/test split of digits/images
     binarize: Literal["none", "dynamic", "static"] = "none"  # for a Bernoulli likelihood
-    test_binarize_seed: int = 1  # the one fixed binarisation of the test split used for evaluation
+    test_binarize_seed: Seed = 1  # the one fixed binarisation of the test split used for evaluation
     max_train: int | None = Field(None, ge=1)  # keep only the first N training images (quick runs)
     max_test: int | None = Field(None, ge=1)  # keep only the first N test images
     lazy: bool = False  # images: keep the training split on disk as uint8, read per batch (data larger than memory)
@@ -71,9 +74,9 @@ class PointCloudDataConfig(Section):
     num_points: int = Field(2048, ge=16)  # points per cloud
     normalization: Literal["unit_sphere", "unit_box", "none"] = "unit_sphere"  # per cloud, recorded
     shapes_per_category: int = Field(100, ge=2)  # procedural: shapes generated per category
-    categories: tuple[str, ...] = ("airplane", "chair", "lamp", "mug", "table")  # procedural categories
+    categories: tuple[str, ...] = Field(("airplane", "chair", "lamp", "mug", "table"), min_length=1)  # procedural
     test_fraction: float = Field(0.2, gt=0, lt=1)  # share of each category held out as the test split
-    split_seed: int = 0  # fixes the shapes (procedural) and the split
+    split_seed: Seed = 0  # fixes the shapes (procedural) and the split
     cache_dir: str | None = None  # procedural cache; None = $VAEKIT_CACHE or ~/.cache/vaekit
 
 
@@ -244,8 +247,11 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 
 def _load_yaml(text: str) -> Any:
-    """YAML without Python objects (safe) and without aliases."""
-    return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: no Python objects
+    """YAML without Python objects (safe), without aliases, and nested less deep than PyYAML's recursion reaches."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader subclass: no Python objects
+    except RecursionError:  # PyYAML composes nested lists and mappings recursively
+        raise yaml.YAMLError("lists or mappings nested too deep") from None
 
 
 def _read_yaml(path_or_preset: str | Path) -> dict[str, Any]:
@@ -257,7 +263,9 @@ def _read_yaml(path_or_preset: str | Path) -> dict[str, Any]:
             f"config {str(path_or_preset)!r} is neither a file nor a preset; presets: {', '.join(preset_names())}"
         )
     try:
-        raw = _load_yaml(path.read_text()) or {}
+        raw = _load_yaml(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read it as a UTF-8 text file ({error})") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
     if not isinstance(raw, dict):

@@ -16,11 +16,16 @@ from __future__ import annotations
 import struct
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from vaekit.errors import CodecError
 
 MAGIC = b"VQZ"
 VERSION = 2
+MAX_HEADER_BYTES = 3 + 1 + 4 + 7 * 10 + 8  # magic, version, fingerprint, 7 varints of at most 10 bytes, 2 CRCs
+MAX_BATCH = 4096  # images per batch of the prior: the decoder's memory is this many images' caches
+READ_BLOCK = 1 << 20
 
 
 def encode_varint(value: int) -> bytes:
@@ -71,8 +76,9 @@ def pack(header: Header, payload: bytes) -> bytes:
     return head + struct.pack("<II", zlib.crc32(payload, zlib.crc32(head)), header.codes_crc) + payload
 
 
-def unpack(data: bytes, source: str = "file") -> tuple[Header, bytes]:
-    """(header, payload) of a .vqz file, after checking magic, version, length and the CRC of header and payload."""
+def read_header(data: bytes, source: str = "file") -> tuple[Header, int, int, int]:
+    """(header, declared payload length, CRC-32 of header and payload, offset of the payload) from the start of a
+    .vqz file: magic, version and every header number checked to be complete, nothing else."""
     if data[:3] != MAGIC:
         raise CodecError(f"{source} is not a .vqz file (it does not start with {MAGIC!r})")
     if len(data) < 8:
@@ -88,10 +94,36 @@ def unpack(data: bytes, source: str = "file") -> tuple[Header, bytes]:
     if offset + 8 > len(data):
         raise CodecError(f"{source} is truncated (the header's checksums are missing)")
     checksum, codes_crc = struct.unpack("<II", data[offset:offset + 8])
-    payload = data[offset + 8:]
+    header = Header(fingerprint, count, channels, height, width, batch, threads, codes_crc)
+    return header, length, checksum, offset + 8
+
+
+def unpack(data: bytes, source: str = "file") -> tuple[Header, bytes]:
+    """(header, payload) of a .vqz file, after checking magic, version, length and the CRC of header and payload."""
+    header, length, checksum, start = read_header(data, source)
+    payload = data[start:]
     if len(payload) != length:
         raise CodecError(f"{source} is truncated or damaged: its payload holds {len(payload)} bytes, "
                          f"the header says {length}")
-    if zlib.crc32(payload, zlib.crc32(data[:offset])) != checksum:
+    if zlib.crc32(payload, zlib.crc32(data[:start - 8])) != checksum:
         raise CodecError(f"{source} is damaged: the CRC-32 of its header and payload does not match")
-    return Header(fingerprint, count, channels, height, width, batch, threads, codes_crc), payload
+    return header, payload
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """What a .vqz file's header says and whether its payload has the declared length and CRC, without a model (the
+    payload is read in blocks, never whole)."""
+    with path.open("rb") as file:
+        head = file.read(MAX_HEADER_BYTES)
+        header, length, checksum, start = read_header(head, str(path))
+        found, crc = len(head) - start, zlib.crc32(head[start:], zlib.crc32(head[:start - 8]))
+        while block := file.read(READ_BLOCK):
+            found, crc = found + len(block), zlib.crc32(block, crc)
+    if found != length:
+        status = f"damaged: the payload holds {found} bytes, the header says {length}"
+    else:
+        status = "ok" if crc == checksum else "damaged: the CRC-32 of header and payload does not match"
+    return {"file": str(path), "format": "vqz", "version": VERSION, "fingerprint": header.fingerprint.hex(),
+            "count": header.count, "image_shape": [header.channels, header.height, header.width],
+            "batch": header.batch, "threads": header.threads, "payload_bytes": length,
+            "codes_crc32": f"{header.codes_crc:08x}", "checksum": status}

@@ -9,15 +9,18 @@ path (`VQCodec._walk`): images in batches of `batch` (the last one smaller), the
 batch in raster order through the prior's cached incremental step (never the whole-sequence
 forward), float32 on the CPU with `threads` torch threads, then a float64 softmax that constriction
 quantises to integers. The batch size and thread count are written in the header and repeated by
-the decoder, since kernels can differ with either. A file decodes with the same vaekit and torch
-build on the same instruction set that wrote it; the fingerprint catches other weights or settings,
-and the CRC of the decoded codes catches any difference that remains.
+the decoder, since kernels can differ with either; the thread count only up to this machine's CPUs
+(a file's number is untrusted: a thousand threads on two cores take minutes per image). A file
+decodes with the same vaekit and torch build on the same instruction set that wrote it; the
+fingerprint catches other weights or settings, and the CRC of the decoded codes catches any
+difference that remains.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import zlib
 from collections.abc import Callable, Iterator
 
@@ -27,22 +30,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vaekit.coding.container import Header, pack, unpack
+from vaekit.coding.container import MAX_BATCH, Header, pack, unpack
 from vaekit.errors import CapabilityError, CodecError, DataError
 from vaekit.models.base import GenerativeModel
 from vaekit.models.code_prior import CodePrior
 
 CODER_SETTINGS = b"range;categorical-leaky;softmax-f64;cached-step;v2"
 MAX_THREADS = 1024
+# The words of the range coder's state: what sealing a stream may add to the words it has emitted. The codes decoded
+# so far, coded again with the same probabilities, never take more words than the payload plus these; the decoder of
+# a header declaring more images than its payload holds goes on decoding zeros past its end, which this catches.
+CODER_STATE_WORDS = 2
 
 CodeStep = Callable[[int, np.ndarray], np.ndarray]  # (position, probabilities (B, K)) -> symbols (B,) int32
 
 
+def _usable_threads(count: int) -> int:
+    """`count` torch threads, at most one per CPU of this machine."""
+    return max(1, min(count, os.cpu_count() or 1))
+
+
 @contextlib.contextmanager
 def _threads(count: int) -> Iterator[None]:
-    """torch on `count` intra-op threads (a fixed reduction order), restored afterwards."""
+    """torch on `count` intra-op threads (a fixed reduction order; at most one per CPU), restored afterwards."""
     before = torch.get_num_threads()
-    torch.set_num_threads(count)
+    torch.set_num_threads(_usable_threads(count))
     try:
         yield
     finally:
@@ -64,7 +76,9 @@ class VQCodec:
         self.image_shape = tuple(self.vq.config.image_shape)  # (C, H, W) the VQ-VAE works on
         self.grid = tuple(model.config.codes.shape)
         self.num_positions = self.grid[0] * self.grid[1]
-        self.batch, self.threads = batch, threads or torch.get_num_threads()
+        if not 1 <= batch <= MAX_BATCH:
+            raise ValueError(f"batch={batch}: a .vqz file holds batches of 1 to {MAX_BATCH} images")
+        self.batch, self.threads = batch, _usable_threads(threads or torch.get_num_threads())  # as the header says
         self._fingerprint = self._weights_fingerprint()
 
     def _weights_fingerprint(self) -> bytes:
@@ -133,7 +147,7 @@ class VQCodec:
         if header.channels != channels or not (1 <= header.height <= height and 1 <= header.width <= width):
             raise CodecError(f"{source} holds {header.channels}x{header.height}x{header.width} images; this run "
                              f"decodes {channels} channel(s) up to {height}x{width}")
-        if header.count < 1 or header.batch < 1 or not 1 <= header.threads <= MAX_THREADS:
+        if header.count < 1 or not 1 <= header.batch <= MAX_BATCH or not 1 <= header.threads <= MAX_THREADS:
             raise CodecError(f"{source} is damaged: count {header.count}, batch {header.batch}, "
                              f"threads {header.threads}")
 
@@ -146,9 +160,18 @@ class VQCodec:
             raise CodecError(f"{source} is damaged: its payload is not a whole number of 32-bit words")
         decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(payload, dtype="<u4").astype(np.uint32))
         family = constriction.stream.model.Categorical(perfect=False)
+        recoded = constriction.stream.queue.RangeEncoder()  # the symbols decoded so far, coded again
 
         def decode(position: int, probabilities: np.ndarray) -> np.ndarray:
-            return decoder.decode(family, probabilities)
+            try:
+                symbols = decoder.decode(family, probabilities)
+            except AssertionError:  # constriction's word for bits its coder cannot have written
+                raise CodecError(f"{source} is damaged: its payload does not decode") from None
+            recoded.encode(symbols, family, probabilities)
+            if recoded.num_words() > len(payload) // 4 + CODER_STATE_WORDS:  # the decoder reads past the payload
+                raise CodecError(f"{source} is damaged: its decoded codes fail the header's check (coded again, they "
+                                 f"take more than its {len(payload)}-byte payload)")
+            return symbols
 
         chunks = []
         with _threads(header.threads):
@@ -156,7 +179,10 @@ class VQCodec:
                 chunks.append(self._walk(min(header.batch, header.count - start), decode))
         codes = torch.cat(chunks)
         if not decoder.maybe_exhausted() or zlib.crc32(codes.numpy().astype("<i4").tobytes()) != header.codes_crc:
-            raise CodecError(f"{source} is damaged: its decoded codes fail the header's check")
+            fewer = _usable_threads(header.threads) < header.threads
+            raise CodecError(f"{source} is damaged: its decoded codes fail the header's check" + (
+                f" (or it needs the {header.threads} torch threads it was written with; this machine has "
+                f"{_usable_threads(header.threads)} CPUs)" if fewer else ""))
         return header, codes.view(header.count, *self.grid)
 
     @torch.inference_mode()

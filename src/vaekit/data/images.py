@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import gzip
 import math
-import zipfile
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -39,7 +39,7 @@ from vaekit.data.lazy import (
     LazyImages,
     PngFiles,
     open_npy,
-    read_npy_header,
+    read_npz,
 )
 from vaekit.data.pixels import images_to_tensor, open_png, png_files
 from vaekit.errors import DataError
@@ -57,6 +57,7 @@ FASHION_MNIST_FILES = {  # array name -> (file name without .gz, IDX magic)
 STATIC_TRAIN_SEED_OFFSET = 12345  # static binarisation of the training split uses split_seed + this
 LIKELIHOODS_ON_GRID = ("logistic", "logistic_mixture")
 GRID_TOLERANCE = 1e-4
+READ_BLOCK = 1 << 24  # bytes of an IDX file read at once
 CHECK_CHUNK = 1 << 24  # values checked at once (a split's temporaries stay small beside the split)
 EIGHT_BIT_LEVELS = torch.arange(NUM_LEVELS, dtype=torch.float32) / (NUM_LEVELS - 1)  # every value k/255 of uint8 pixels
 
@@ -122,28 +123,48 @@ def read_idx(path: Path, *, magic: int) -> np.ndarray:
     """The read-only uint8 array of an IDX file (gzipped if named *.gz), checking magic and size.
 
     IDX layout: a big-endian int32 magic (0, 0, dtype code, ndim), ndim big-endian uint32 sizes,
-    then the values in C order.
+    then the values in C order. The header is read first, then at most the bytes it declares and one
+    more: a file or gzip stream longer than its header says is refused without being read whole.
     """
-    raw = _read_bytes(path)
-    if len(raw) < 4:
-        raise DataError(f"{path}: truncated IDX file: {len(raw)} bytes, less than the magic number")
-    found = int.from_bytes(raw[:4], "big")
-    if found != magic:
-        raise DataError(f"{path}: wrong IDX magic number {found}, expected {magic}")
-    ndim = raw[3]
-    header_size = 4 + 4 * ndim
-    if len(raw) < header_size:
-        raise DataError(
-            f"{path}: truncated IDX file: {len(raw)} bytes, the header alone needs {header_size}"
-        )
-    shape = tuple(int(s) for s in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    data_size = len(raw) - header_size
-    if data_size != math.prod(shape):
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as file:
+            found = file.read(4)
+            if len(found) < 4:
+                raise DataError(f"{path}: truncated IDX file: {len(found)} bytes, less than the magic number")
+            if int.from_bytes(found, "big") != magic:
+                raise DataError(f"{path}: wrong IDX magic number {int.from_bytes(found, 'big')}, expected {magic}")
+            header_size = 4 + 4 * found[3]
+            sizes = file.read(header_size - 4)
+            if len(sizes) < header_size - 4:
+                raise DataError(
+                    f"{path}: truncated IDX file: {4 + len(sizes)} bytes, the header alone needs {header_size}"
+                )
+            shape = tuple(int(s) for s in np.frombuffer(sizes, dtype=">u4"))
+            size = math.prod(shape)
+            if path.suffix == ".gz":  # a stream shows its length only as it is read
+                values = _read_at_most(file, size + 1)
+                available = len(values)
+            else:
+                available = path.stat().st_size - header_size
+                values = file.read(size) if available == size else b""
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}: cannot read the file ({error})") from None
+    if available != size:
+        follow = f"more than {size}" if available > size and path.suffix == ".gz" else available
         raise DataError(
             f"{path}: truncated or corrupt IDX file: the header declares shape {shape} "
-            f"({math.prod(shape)} bytes of values) but {data_size} bytes follow it"
+            f"({size} bytes of values) but {follow} bytes follow it"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
+    return np.frombuffer(values, dtype=np.uint8).reshape(shape)
+
+
+def _read_at_most(file: BinaryIO, count: int) -> bytes:
+    """At most `count` bytes of `file`, in blocks (a count from a header may be more than one read accepts)."""
+    blocks = []
+    while count > 0 and (block := file.read(min(count, READ_BLOCK))):
+        blocks.append(block)
+        count -= len(block)
+    return b"".join(blocks)
 
 
 def _levels_to_check(images: LazyImages, *, likelihood: str, num_bins: int, source: str) -> Tensor:
@@ -324,16 +345,6 @@ def _find_idx_file(folder: Path, stem: str) -> Path:
     raise DataError(f"{folder}: missing the Fashion-MNIST file {stem} (or {stem}.gz)")
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as file:
-                return file.read()
-        return path.read_bytes()
-    except (OSError, EOFError, zlib.error) as error:
-        raise DataError(f"{path}: cannot read the file ({error})") from None
-
-
 def _read_png_folder(folder: Path) -> np.ndarray:
     """(N, H, W) uint8 when every PNG is grayscale ('L'), else (N, H, W, 3) RGB; in sorted order."""
     reader = PngFiles.scan(png_files(folder))
@@ -344,33 +355,12 @@ def _read_array_file(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """(images, None) from a .npy or one-array .npz; (train, test) from a .npz with those keys."""
     if path.suffix == ".npy":  # its header checked against the file's length before anything is allocated
         return np.array(open_npy(path)), None
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            keys = list(archive.keys())
-            for key in keys:
-                _check_npz_member(archive.zip, f"{key}.npy", path)
-            if "train" in keys and "test" in keys:
-                return archive["train"], archive["test"]
-            if len(keys) == 1:
-                return archive[keys[0]], None
-    except ValueError as error:
-        raise DataError(f"{path}: cannot load the array ({error})") from None
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        raise DataError(f"{path}: cannot read the file ({error})") from None
-    raise DataError(f"{path}: expected keys 'train' and 'test', or one array; found keys {keys}")
-
-
-def _check_npz_member(archive: zipfile.ZipFile, member: str, path: Path) -> None:
-    """The array header of one .npz member against its uncompressed size, before numpy allocates the array."""
-    try:
-        with archive.open(member) as file:
-            shape, _, dtype, header = read_npy_header(file)
-    except (KeyError, ValueError, OSError, zipfile.BadZipFile, zlib.error) as error:
-        raise DataError(f"{path}: member {member} is not a readable array ({error})") from None
-    declared = header + math.prod(shape) * dtype.itemsize
-    if dtype.hasobject or declared != archive.getinfo(member).file_size:
-        raise DataError(f"{path}: member {member} declares shape {shape} of {dtype} ({declared} bytes) but holds "
-                        f"{archive.getinfo(member).file_size}")
+    arrays = read_npz(path)
+    if "train" in arrays and "test" in arrays:
+        return arrays["train"], arrays["test"]
+    if len(arrays) == 1:
+        return next(iter(arrays.values())), None
+    raise DataError(f"{path}: expected keys 'train' and 'test', or one array; found keys {list(arrays)}")
 
 
 def _require_finite(x: Tensor, source: str) -> None:

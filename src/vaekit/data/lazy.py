@@ -18,9 +18,12 @@ import itertools
 import math
 import os
 import tempfile
+import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from tokenize import TokenError
 from typing import BinaryIO, Protocol
 
 import numpy as np
@@ -34,6 +37,10 @@ from vaekit.io import TEMP_SUFFIX, UMASK, _fsync_dir
 CHUNK_ROWS = 4096  # rows read at once by a pass over a whole split (levels, conversion)
 NUM_LEVELS = 256  # values of an 8-bit pixel
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+# what reading a damaged zip archive raises: zipfile refuses encrypted members with a RuntimeError, unknown compression
+# methods with NotImplementedError
+NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
+              zlib.error)
 
 
 class ImageReader(Protocol):
@@ -168,8 +175,41 @@ def read_npy_header(file: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype, in
     version = np.lib.format.read_magic(file)
     if version not in NPY_HEADER_READERS:
         raise ValueError(f"format version {version[0]}.{version[1]} is not supported, only 1.0 and 2.0")
-    shape, fortran_order, dtype = NPY_HEADER_READERS[version](file)
+    try:
+        shape, fortran_order, dtype = NPY_HEADER_READERS[version](file)
+    except (SyntaxError, TokenError, RecursionError) as error:  # from numpy's fallback parser of Python 2 headers
+        raise ValueError(f"cannot parse the header ({type(error).__name__}: {error})") from None
+    if any(size < 0 for size in shape):  # numpy's header reader lets them through; (-2, -3) would pass a size check
+        raise ValueError(f"shape {shape} has a negative dimension")
     return shape, fortran_order, dtype, file.tell()
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a .npz file by name, each member's header checked against the member's size before numpy
+    allocates it. The file is read as a zip archive whatever its first bytes (numpy's guess by them would read a
+    .npy named .npz whole, unchecked)."""
+    try:
+        with path.open("rb") as file, np.lib.npyio.NpzFile(file, allow_pickle=False) as archive:
+            for name in archive.files:
+                _check_npz_member(archive.zip, f"{name}.npy", path)
+            return {name: archive[name] for name in archive.files}
+    except DataError:
+        raise
+    except NPZ_ERRORS as error:
+        raise DataError(f"{path}: not a readable .npz file ({type(error).__name__}: {error})") from None
+
+
+def _check_npz_member(archive: zipfile.ZipFile, member: str, path: Path) -> None:
+    """The array header of one .npz member against its uncompressed size, before numpy allocates the array."""
+    try:
+        with archive.open(member) as file:
+            shape, _, dtype, header = read_npy_header(file)
+    except NPZ_ERRORS as error:
+        raise DataError(f"{path}: member {member} is not a readable array ({error})") from None
+    declared = header + math.prod(shape) * dtype.itemsize
+    if dtype.hasobject or declared != archive.getinfo(member).file_size:
+        raise DataError(f"{path}: member {member} declares shape {shape} of {dtype} ({declared} bytes) but holds "
+                        f"{archive.getinfo(member).file_size}")
 
 
 def open_npy(path: Path) -> np.ndarray:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from vaekit.errors import DataError
@@ -70,8 +70,8 @@ def open_png(file: Path) -> Image.Image:
         with Image.open(file) as image:
             image.load()
             return image
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
-        raise DataError(f"{file}: not a readable image ({error})") from None
+    except Exception as error:  # noqa: BLE001 - Pillow's parsers of damaged files raise OSError, ValueError, ...
+        raise DataError(f"{file}: not a readable image ({type(error).__name__}: {error})") from None
 
 
 def png_header(file: Path) -> tuple[str, tuple[int, int]]:
@@ -79,8 +79,8 @@ def png_header(file: Path) -> tuple[str, tuple[int, int]]:
     try:
         with Image.open(file) as image:
             return image.mode, image.size
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
-        raise DataError(f"{file}: not a readable image ({error})") from None
+    except Exception as error:  # noqa: BLE001 - as in open_png: "Truncated IHDR chunk" is a ValueError
+        raise DataError(f"{file}: not a readable image ({type(error).__name__}: {error})") from None
 
 
 def png_files(folder: Path) -> list[Path]:

@@ -13,7 +13,6 @@ import hashlib
 import io
 import math
 import os
-import zipfile
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import torch
 import trimesh
 from torch import Tensor
 
-from vaekit.data.lazy import open_npy
+from vaekit.data.lazy import open_npy, read_npz
 from vaekit.errors import DataError
 from vaekit.io import atomic_write_bytes, atomic_write_npz
 
@@ -192,6 +191,10 @@ def _split(clouds: np.ndarray, labels: np.ndarray, categories: tuple[str, ...], 
         members = np.flatnonzero(labels == c)
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         test_mask[members[rng.permutation(len(members))[: math.ceil(len(members) * test_fraction)]]] = True
+    if test_mask.all() or not test_mask.any():
+        raise DataError(f"{source}: test_fraction={test_fraction} of each category's clouds leaves "
+                        f"{int((~test_mask).sum())} training and {int(test_mask.sum())} test clouds of {len(labels)}; "
+                        "each split needs one (add shapes or change the test fraction)")
     as_tensor = torch.from_numpy
     return PointCloudData(
         train=as_tensor(clouds[~test_mask]).float(), test=as_tensor(clouds[test_mask]).float(),
@@ -233,9 +236,8 @@ def read_cloud(file: Path, num_points: int, seed: int) -> np.ndarray:
     try:
         if suffix == ".npy":  # the header checked first: a text file named .npy is "not a .npy file"
             points = np.array(open_npy(file))
-        elif suffix == ".npz":
-            with np.load(file, allow_pickle=False) as archive:
-                points = archive[archive.files[0]]
+        elif suffix == ".npz":  # its first array, every member's header checked before numpy allocates it
+            points = next(iter(read_npz(file).values()), np.zeros((0, 3)))
         elif suffix == ".xyz":
             points = np.loadtxt(file, ndmin=2)[:, :3]
         else:
@@ -246,7 +248,7 @@ def read_cloud(file: Path, num_points: int, seed: int) -> np.ndarray:
                 return _check_cloud(sample_surface(geometry, num_points, seed, str(file)), file)
     except DataError:
         raise
-    except (OSError, ValueError, IndexError, KeyError, EOFError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, IndexError, KeyError, EOFError) as error:
         raise DataError(f"{file}: unreadable ({type(error).__name__}: {error})") from None
     points = _check_cloud(np.asarray(points, dtype=np.float32), file)
     index = np.random.default_rng(seed).choice(len(points), num_points, replace=len(points) < num_points)
@@ -254,11 +256,15 @@ def read_cloud(file: Path, num_points: int, seed: int) -> np.ndarray:
 
 
 def _load_mesh(file: Path, suffix: str) -> trimesh.Trimesh | trimesh.PointCloud:
-    """trimesh's reading of a mesh or .ply file; any failure of its parsers is one DataError naming the file."""
+    """trimesh's reading of a mesh or .ply file; any failure of its parsers is one DataError naming the file, and so is
+    anything else it may give (an empty scene)."""
     try:
-        return trimesh.load(file, force="mesh" if suffix != ".ply" else None, process=False)  # raw: checked here
+        geometry = trimesh.load(file, force="mesh" if suffix != ".ply" else None, process=False)  # raw: checked here
     except Exception as error:  # noqa: BLE001 - a third-party parser of untrusted files may raise anything
         raise DataError(f"{file}: not a readable mesh ({type(error).__name__}: {error})") from None
+    if not isinstance(geometry, (trimesh.Trimesh, trimesh.PointCloud)):
+        raise DataError(f"{file}: holds no mesh or points (trimesh reads a {type(geometry).__name__})")
+    return geometry
 
 
 def _check_cloud(points: np.ndarray, file: Path) -> np.ndarray:

@@ -209,15 +209,23 @@ def save_checkpoint(
         _validated_state(state, final / STATE_FILE)  # what is written can be read back
         atomic_write_json(staging / STATE_FILE, state)
         if final.exists():
-            shutil.rmtree(final)
+            _discard_checkpoint(final)
         os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if keep is not None:
         for old in list_checkpoints(directory)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            _discard_checkpoint(old)
     return final
+
+
+def _discard_checkpoint(checkpoint: Path) -> None:
+    """Delete a checkpoint folder, renamed to a temporary name first: a kill while its files are deleted leaves a
+    left-over the next start of the run removes, never a `step-N` folder missing files that nothing would remove."""
+    doomed = tempfile.mkdtemp(dir=checkpoint.parent, prefix=f".{checkpoint.name}.", suffix=TEMP_SUFFIX)
+    os.replace(checkpoint, doomed)  # onto the empty folder mkdtemp made: one atomic rename
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def list_checkpoints(directory: Path) -> list[Path]:

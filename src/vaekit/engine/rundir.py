@@ -63,7 +63,8 @@ def check_run_dir(config: RunConfig, *, resume: bool, force: bool) -> bool:
             )
         return force
     if resume:
-        raise RunDirError(f"cannot resume: run directory {path} does not exist")
+        state = "is empty" if path.exists() else "does not exist"
+        raise RunDirError(f"cannot resume: run directory {path} {state}")
     return False
 
 
@@ -74,7 +75,9 @@ def prepare_run_dir(config: RunConfig, *, replace: bool) -> Path:
     if replace:
         if not is_run_dir(path):  # checked before, re-checked at the moment of deleting
             raise RunDirError(f"refusing to delete {path}: it is not a vaekit run directory")
-        shutil.rmtree(path)
+        for entry in path.iterdir():  # everything but the marker: a kill meanwhile leaves a folder --force still replaces
+            if entry.name != RUN_MARKER:
+                entry.unlink() if entry.is_symlink() or not entry.is_dir() else shutil.rmtree(entry)
     path.mkdir(parents=True, exist_ok=True)
     if not (path / RUN_MARKER).exists():
         atomic_write_json(path / RUN_MARKER, {"format": 1, "created_by": "vaekit"})

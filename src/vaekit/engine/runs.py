@@ -54,11 +54,14 @@ class StoredRun:
 def find_checkpoint(path: str | Path) -> Path:
     """`path` itself if it is a checkpoint folder, else the newest checkpoint of the run directory."""
     path = Path(path)
-    if not path.exists():
-        raise RunDirError(f"{path} does not exist")
-    if (path / STATE_FILE).is_file():
-        return path
-    checkpoints = list_checkpoints(path / "checkpoints")
+    try:
+        if not path.exists():
+            raise RunDirError(f"{path} does not exist")
+        if (path / STATE_FILE).is_file():
+            return path
+        checkpoints = list_checkpoints(path / "checkpoints")
+    except OSError as error:  # a name too long, a folder that cannot be read: a stored `parent` may be any string
+        raise RunDirError(f"{str(path)[:200]}: cannot be read as a run directory ({error.strerror or error})") from None
     if not checkpoints:
         raise RunDirError(f"{path} holds no checkpoint (expected {path}/checkpoints/step-N/{STATE_FILE})")
     return checkpoints[-1]

@@ -29,7 +29,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from vaekit.batch import Batch, Noise, standard_normal
-from vaekit.config import ModelConfig, Sizes
+from vaekit.config import ImageShape, ModelConfig, PositiveFloat, Sizes
 from vaekit.distributions import DiagonalGaussian, at_least_fp32, kl_divergence, sum_except_batch
 from vaekit.errors import ConfigError
 from vaekit.likelihoods import ImageDistribution, ImageLikelihood, LikelihoodName
@@ -44,7 +44,7 @@ class HierarchicalVAEConfig(ModelConfig):
     """A hierarchical VAE: latent groups over spatial scales, top-down inference."""
 
     name: Literal["hierarchical-vae"] = "hierarchical-vae"
-    image_shape: tuple[int, int, int] | None = None  # (C, H, W); None = taken from the data
+    image_shape: ImageShape | None = None  # (C, H, W); None = taken from the data
     channels: int = Field(32, ge=1)  # width of the bottom-up and top-down towers
     downsamples: int = Field(1, ge=0)  # stride-2 steps from the image to the finest latent scale
     groups_per_scale: Sizes = Field((2, 2), min_length=1)  # groups per scale, coarsest first; x2 finer each
@@ -55,7 +55,7 @@ class HierarchicalVAEConfig(ModelConfig):
     likelihood: LikelihoodName = "bernoulli"  # p(x|z), factorised over pixels
     num_bins: int = Field(256, ge=2)  # logistic likelihoods: intensity levels of the data
     num_mixtures: int = Field(5, ge=1)  # logistic_mixture: components per pixel
-    gaussian_std: float | None = 0.1  # gaussian: fixed std; null = learned (bounded below)
+    gaussian_std: PositiveFloat | None = 0.1  # gaussian: fixed std; null = learned (bounded below)
     beta: float = Field(1.0, ge=0)  # weight of the KL after warm-up
     kl_warmup_steps: int = Field(0, ge=0)  # KL weight ramps 0 -> beta (NVAE: 30% of training)
     kl_balancing: bool = True  # NVAE's KL balancing ('square' alphas), applied during warm-up only

@@ -32,7 +32,7 @@ class LatentGMMConfig(TwoStageConfig):
     overfit_gap_per_dim: float = Field(1.0, gt=0)  # warn when train - held-out log-likelihood exceeds this per dim
     max_iter: int = Field(200, ge=1)  # EM iterations
     reg_covar: float = Field(1e-6, gt=0)  # added to covariance diagonals for stability
-    seed: int = 0  # EM initialisation and the held-out split
+    seed: int = Field(0, ge=0, lt=2**32)  # NumPy seed (scikit-learn's random_state) of EM initialisation and the held-out split
     codes_per_chunk: int = Field(1000, ge=1)  # training images encoded at once
 
     def max_components(self) -> int:

@@ -14,7 +14,7 @@ from pydantic import Field
 from torch import Tensor
 
 from vaekit.batch import Batch
-from vaekit.config import CodeSpec, ModelConfig, Sizes
+from vaekit.config import CodeSpec, ModelConfig, PositiveInt, Sizes
 from vaekit.divergences import chamfer_distance
 from vaekit.emd import matched_emd, random_directions, sliced_wasserstein
 from vaekit.errors import ConfigError
@@ -27,7 +27,7 @@ class PointCloudAEConfig(ModelConfig):
     """The paper's AE with the Chamfer or the EMD loss, or the sliced Wasserstein distance (a fast EMD surrogate)."""
 
     name: Literal["pointcloud-ae"] = "pointcloud-ae"
-    num_points: int | None = None  # points per cloud; None = taken from the data
+    num_points: PositiveInt | None = None  # points per cloud; None = taken from the data
     latent_dim: int = Field(128, ge=1)  # k, the bottleneck
     encoder_channels: Sizes = (64, 128, 128, 256)  # per-point layers before the k-wide one
     decoder_hidden_dims: Sizes = (256, 256)

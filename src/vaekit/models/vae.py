@@ -13,7 +13,7 @@ from pydantic import Field
 from torch import Tensor
 
 from vaekit.batch import Batch, Noise, standard_normal
-from vaekit.config import CodeSpec, ModelConfig, Sizes
+from vaekit.config import CodeSpec, ImageShape, ModelConfig, PositiveFloat, Sizes
 from vaekit.distributions import DiagonalGaussian, at_least_fp32, kl_divergence, sum_except_batch
 from vaekit.likelihoods import ImageDistribution, ImageLikelihood, LikelihoodName
 from vaekit.models.base import Capability, GenerativeModel, Losses
@@ -31,7 +31,7 @@ class VAEConfig(ModelConfig):
     """A Gaussian-latent VAE on images."""
 
     name: Literal["vae"] = "vae"
-    image_shape: tuple[int, int, int] | None = None  # (C, H, W); None = taken from the data
+    image_shape: ImageShape | None = None  # (C, H, W); None = taken from the data
     latent_dim: int = Field(16, ge=1)  # dimension of z
     architecture: Literal["mlp", "conv"] = "mlp"  # encoder/decoder family
     hidden_dims: Sizes = (512, 256)  # mlp widths / conv: dense widths after the convs
@@ -40,7 +40,7 @@ class VAEConfig(ModelConfig):
     likelihood: LikelihoodName = "bernoulli"  # p(x|z)
     num_bins: int = Field(256, ge=2)  # logistic likelihoods: intensity levels of the data
     num_mixtures: int = Field(5, ge=1)  # logistic_mixture: components per pixel
-    gaussian_std: float | None = 0.1  # gaussian: fixed std; null = learned (bounded below)
+    gaussian_std: PositiveFloat | None = 0.1  # gaussian: fixed std; null = learned (bounded below)
     gaussian_min_std: float = Field(0.02, gt=0)  # gaussian, learned: lower bound of the std
     beta: float = Field(1.0, ge=0)  # beta-VAE weight of the KL (Higgins et al. 2017)
     kl_warmup_steps: int = Field(0, ge=0)  # KL weight ramps 0 -> beta linearly over these steps

@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from vaekit.batch import Batch
-from vaekit.config import CodeSpec, ModelConfig
+from vaekit.config import CodeSpec, ImageShape, ModelConfig, PositiveFloat
 from vaekit.errors import ConfigError
 from vaekit.likelihoods import ImageLikelihood, LikelihoodName
 from vaekit.models.base import Capability, GenerativeModel, Losses
@@ -30,7 +30,7 @@ class VQVAEConfig(ModelConfig):
     """A VQ-VAE on images: a grid of discrete codes."""
 
     name: Literal["vqvae"] = "vqvae"
-    image_shape: tuple[int, int, int] | None = None  # (C, H, W); None = taken from the data
+    image_shape: ImageShape | None = None  # (C, H, W); None = taken from the data
     channels: int = Field(64, ge=1)  # width of the encoder and decoder
     downsamples: int = Field(2, ge=0)  # stride-2 steps: the code grid is (H / 2^n, W / 2^n)
     residual_cells: int = Field(2, ge=0)  # residual cells after the encoder's and before the decoder's strides
@@ -42,7 +42,7 @@ class VQVAEConfig(ModelConfig):
     gradient: GradientMode = "straight_through"  # or "rotation" (Fifty et al. 2025)
     restart_after: int = Field(100, ge=0)  # restart a code unused (global batch) for more steps than this; 0 = off
     likelihood: LikelihoodName = "gaussian"  # p(x | z_q); gaussian with fixed std = scaled squared error
-    gaussian_std: float | None = 0.1  # gaussian: fixed std
+    gaussian_std: PositiveFloat | None = 0.1  # gaussian: fixed std
     num_bins: int = Field(256, ge=2)  # logistic likelihoods: intensity levels
     num_mixtures: int = Field(5, ge=1)  # logistic_mixture: components per pixel
 

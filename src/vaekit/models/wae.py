@@ -18,7 +18,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from vaekit.batch import Batch
-from vaekit.config import CodeSpec, ModelConfig, Sizes
+from vaekit.config import CodeSpec, ImageShape, ModelConfig, PositiveFloat, Sizes
 from vaekit.distributions import DiagonalGaussian
 from vaekit.divergences import mmd_unbiased
 from vaekit.models.base import Capability, GenerativeModel, Losses
@@ -35,7 +35,7 @@ from vaekit.nn.image_nets import (
 class WAEConfig(ModelConfig):
     """What WAE-MMD and WAE-GAN share."""
 
-    image_shape: tuple[int, int, int] | None = None  # (C, H, W); None = taken from the data
+    image_shape: ImageShape | None = None  # (C, H, W); None = taken from the data
     latent_dim: int = Field(8, ge=1)  # d_z
     architecture: Literal["mlp", "conv"] = "conv"
     hidden_dims: Sizes = (512,)  # mlp widths / conv: dense widths after the convs
@@ -52,7 +52,7 @@ class WAEMMDConfig(WAEConfig):
 
     name: Literal["wae-mmd"] = "wae-mmd"
     kernel: Literal["imq", "rbf"] = "imq"
-    rbf_bandwidth: float | None = None  # rbf: fixed h; None = median heuristic (slightly biased)
+    rbf_bandwidth: PositiveFloat | None = None  # rbf: fixed h; None = median heuristic (slightly biased)
 
 
 class WAEGANConfig(WAEConfig):

@@ -1,0 +1,27 @@
+"""Property-based fuzzing of every input boundary: a loader gives a verified result or its documented error.
+
+Each boundary of `fuzz_inputs` (configs, IDX files, image arrays, PNG folders, point and mesh files,
+checkpoints, .vqz files) runs a fast slice by default and one 40 times as long under `-m slow`; the
+same generators and oracles run 10,000 inputs each, counted, in benchmarks/fuzz_campaign.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fuzz_inputs import BOUNDARIES, make_fixtures, run_property
+
+FAST_EXAMPLES = {"config": 100, "idx": 120, "arrays": 100, "png": 60, "points": 60, "checkpoint": 60, "vqz": 40}
+BUDGETS = [pytest.param(1, id="fast", marks=pytest.mark.timeout(120)),
+           pytest.param(40, id="long", marks=[pytest.mark.slow, pytest.mark.timeout(3600)])]
+
+
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    """The tiny trained runs and .vqz file the checks compare with, made once."""
+    return make_fixtures(tmp_path_factory.mktemp("fuzz"))
+
+
+@pytest.mark.parametrize("factor", BUDGETS)
+@pytest.mark.parametrize("boundary", list(BOUNDARIES))
+def test_a_loader_gives_a_verified_result_or_its_documented_error(fixtures, boundary, factor):
+    run_property(BOUNDARIES[boundary], fixtures, max_examples=factor * FAST_EXAMPLES[boundary])
