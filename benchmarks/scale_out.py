@@ -1,14 +1,17 @@
 """Scale-out measurements on this machine: sharded evaluation 1 vs 2 processes, and the bytes each family
 moves between processes per training step.
 
-    .venv/bin/python benchmarks/scale_out.py eval      # wall time of `vaekit eval`, 1 vs 2 processes
-    .venv/bin/python benchmarks/scale_out.py bytes     # bytes all-reduced / gathered per step, per family
+    python benchmarks/scale_out.py eval      # wall time of `vaekit eval`, 1 vs 2 processes
+    python benchmarks/scale_out.py bytes     # bytes all-reduced / gathered per step, per family
 
-Stage `eval`: the `digits-vae` preset trained once (runs under benchmarks/results/partial/scale/),
-then `vaekit eval` with K=1000 importance samples on all 360 test digits, as 1 process with 2
-threads and as 2 processes (torchrun, gloo) with 1 thread each, alternating, 3 times each; the
-scores must agree (the NLL within 1e-4 nats per image is a test; here the mean NLLs are recorded).
-On a 2-core machine this is an upper bound on what sharding buys, not a measure of scaling.
+Stage `eval`: three workloads, each trained briefly once (runs under benchmarks/results/partial/scale/):
+`vaekit eval` of the `digits-vae` and `digits-hvae` presets with K=1000 importance samples on all 360
+test digits, and of `pointcloud-ae` (Chamfer and exact-EMD metrics over 100 test clouds); each as
+1 process with 2 threads and as 2 processes (torchrun, gloo) with 1 thread each, alternating, 3
+times each, with the scores of both recorded (the NLL within 1e-4 nats per image is a test). The
+fixed cost of starting the launcher and importing vaekit is measured alone. A workload already in the
+JSON is skipped (delete its entry to measure it again). On a 2-core machine
+this is an upper bound on what sharding buys, not a measure of scaling.
 
 Stage `bytes`: each family's digits or procedural preset for 4 steps on 2 processes; the worker
 counts what vaekit's own collectives move in training (torch.distributed.all_gather / all_reduce
@@ -53,34 +56,55 @@ def _save(record: dict) -> None:
     atomic_write_json(OUT, record)
 
 
+EVAL_WORKLOADS = {  # name -> (preset, training overrides, eval options)
+    "vae NLL, K=1000, 360 test digits": ("digits-vae", [], ["--importance-samples", "1000"]),
+    "hierarchical-vae NLL, K=1000, 360 test digits": ("digits-hvae", ["train.steps=300"],
+                                                      ["--importance-samples", "1000"]),
+    "pointcloud-ae Chamfer + exact EMD, 100 test clouds": ("pointcloud-ae", ["train.steps=100",
+                                                                            "eval.point_cloud_emd=true"], []),
+}
+
+
+def _timed(command: list[str], env: dict[str, str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=os.environ | env, capture_output=True)
+    return time.perf_counter() - start
+
+
 def stage_eval(repeats: int = 3) -> None:
     """Wall seconds of the same `vaekit eval` on 1 process (2 threads) and 2 processes (1 thread each)."""
     import vaekit
 
-    run_dir = vaekit.train("digits-vae", overrides=[f"out_dir={RUNS}", "name=digits-vae"], resume=False, force=True,
-                           quiet=True)
-    options = ["eval", str(run_dir), "--importance-samples", "1000", "--quiet"]
-    commands = {
-        "1 process x 2 threads": ([sys.executable, "-m", "vaekit", *options], {"OMP_NUM_THREADS": "2"}),
+    launchers = {
+        "1 process x 2 threads": ([sys.executable], {"OMP_NUM_THREADS": "2"}),
         "2 processes x 1 thread": ([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                    "--nproc-per-node=2", "-m", "vaekit", *options], {"OMP_NUM_THREADS": "1"}),
+                                    "--nproc-per-node=2"], {"OMP_NUM_THREADS": "1"}),
     }
-    results: dict[str, dict] = {name: {"seconds": [], "nll": None} for name in commands}
-    for _ in range(repeats):
-        for name, (command, env) in commands.items():
-            out = RUNS / f"eval-{len(results[name]['seconds'])}-{name[0]}.json"
-            start = time.perf_counter()
-            subprocess.run([*command, "--out", str(out)], check=True, env=os.environ | env, capture_output=True)
-            results[name]["seconds"].append(time.perf_counter() - start)
-            results[name]["nll"] = json.loads(out.read_text())["nll"]
-            results[name]["loadavg"] = os.getloadavg()
-    for entry in results.values():
-        entry["median_seconds"] = sorted(entry["seconds"])[len(entry["seconds"]) // 2]
+    startup = {name: sorted(_timed([*launcher, "-c", "import vaekit"] if len(launcher) == 1 else
+                                   [*launcher, "--no-python", sys.executable, "-c", "import vaekit"], env)
+                            for _ in range(repeats))[repeats // 2]
+               for name, (launcher, env) in launchers.items()}
     record = _record()
-    record["eval"] = {"what": "vaekit eval, K=1000, 360 test digits, digits-vae preset", "results": results,
-                      "speedup": results["1 process x 2 threads"]["median_seconds"]
-                      / results["2 processes x 1 thread"]["median_seconds"]}
-    _save(record)
+    record["eval"] = {"startup_median_seconds": startup} | {"workloads": record.get("eval", {}).get("workloads", {})}
+    for workload, (preset, overrides, options) in EVAL_WORKLOADS.items():
+        if workload in record["eval"]["workloads"]:  # measured already (resumable)
+            continue
+        run_dir = vaekit.train(preset, overrides=[f"out_dir={RUNS}", f"name=eval-{preset}", *overrides],
+                               resume=False, force=True, quiet=True)
+        results: dict[str, dict] = {name: {"seconds": []} for name in launchers}
+        for repeat in range(repeats):
+            for name, (launcher, env) in launchers.items():
+                out = RUNS / f"eval-{preset}-{repeat}-{name[0]}.json"
+                command = [*launcher, "-m", "vaekit", "eval", str(run_dir), *options, "--quiet", "--out", str(out)]
+                results[name]["seconds"].append(_timed(command, env))
+                results[name]["loadavg"] = os.getloadavg()
+                scores = json.loads(out.read_text())
+                results[name]["scores"] = {key: value for key, value in scores.items() if isinstance(value, float)}
+        for entry in results.values():
+            entry["median_seconds"] = sorted(entry["seconds"])[repeats // 2]
+        one, two = (results[name]["median_seconds"] for name in launchers)
+        record["eval"]["workloads"][workload] = {"results": results, "speedup": one / two}
+        _save(record)
 
 
 def stage_bytes() -> None:
