@@ -56,13 +56,33 @@ def info(path: str | Path) -> dict[str, Any]:
     return summary
 
 
-def compress(run_dir: str | Path, images: list[str | Path], out: str | Path) -> Path:
-    """Compress PNG files, folders of PNGs or .npy/.npz arrays with a code-prior run into one .vqz file."""
+def _codec(run_dir: str | Path, *, lossless: bool, bucket_bits: int | None = None, chains: int | None = None,
+           threads: int | None = None) -> Any:
+    """A run's codec: bits-back coding with a VAE run when `lossless`, else a code-prior run's VQ-VAE codes."""
+    model = load(run_dir)
+    if lossless:
+        from vaekit.coding.bitsback import DEFAULT_BUCKET_BITS, BitsBackCodec
+
+        return BitsBackCodec(model, bucket_bits=DEFAULT_BUCKET_BITS if bucket_bits is None else bucket_bits,
+                             chains=chains or 1, threads=threads)
+    if bucket_bits is not None or chains is not None:
+        from vaekit.errors import ConfigError
+
+        raise ConfigError("bucket_bits and chains set lossless (bits-back) compression; pass lossless=True")
     from vaekit.coding.vq_codec import VQCodec
+
+    return VQCodec(model, threads=threads)
+
+
+def compress(run_dir: str | Path, images: list[str | Path], out: str | Path, *, lossless: bool = False,
+             bucket_bits: int | None = None, chains: int | None = None, threads: int | None = None) -> Path:
+    """Compress PNG files, folders of PNGs or .npy/.npz arrays into one .vqz file: lossy with a code-prior run, or
+    `lossless` with a VAE run (bits-back coding; `bucket_bits`: 2^b buckets per latent dimension, default 12;
+    `chains`: stacks coded in lock-step with batched networks, default 1, each with its own initial bits)."""
     from vaekit.data.images import read_images
     from vaekit.io import atomic_write_bytes
 
-    codec = VQCodec(load(run_dir))
+    codec = _codec(run_dir, lossless=lossless, bucket_bits=bucket_bits, chains=chains, threads=threads)
     pixels = read_images([Path(p) for p in images], channels=codec.image_shape[0])
     out = Path(out)
     atomic_write_bytes(out, codec.compress(pixels))
@@ -70,19 +90,22 @@ def compress(run_dir: str | Path, images: list[str | Path], out: str | Path) -> 
 
 
 def decompress(file: str | Path, run_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """The images of a .vqz file as PNGs out_dir/000000.png, ... (the run must be the one that wrote it)."""
+    """The images of a .vqz file, lossy or lossless (told by its header), as PNGs out_dir/000000.png, ... (the run
+    must be the one that wrote it)."""
     import io
 
     from PIL import Image
 
-    from vaekit.coding.vq_codec import VQCodec
+    from vaekit.coding.container import read_header
     from vaekit.errors import DataError
     from vaekit.io import atomic_write_bytes
 
     file = Path(file)
     if not file.is_file():
         raise DataError(f"{file}: no such file")
-    images = VQCodec(load(run_dir)).decompress(file.read_bytes(), source=str(file))  # (N, C, H, W) uint8
+    data = file.read_bytes()
+    codec = _codec(run_dir, lossless=read_header(data, str(file))[0].kind == "bits-back")
+    images = codec.decompress(data, source=str(file))  # (N, C, H, W) uint8
     written = []
     for index, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
         buffer = io.BytesIO()

@@ -72,15 +72,25 @@ def _parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=_pictures, picture=name)
 
     compress = commands.add_parser("compress", help="compress images into a .vqz file with a code-prior run "
-                                                    "(a learned prior over a VQ-VAE's codes)")
-    compress.add_argument("run_dir", help="the code-prior run")
+                                                    "(a learned prior over a VQ-VAE's codes), or losslessly with "
+                                                    "a VAE run (--lossless)")
+    compress.add_argument("run_dir", help="the code-prior run, or with --lossless a VAE with a discrete likelihood")
     compress.add_argument("images", nargs="+", help="PNG files, folders of PNGs, or .npy/.npz arrays")
     compress.add_argument("-o", "--out", required=True, help="the .vqz file to write")
+    compress.add_argument("--lossless", action="store_true",
+                          help="bits-back coding with a VAE: the pixels come back exactly, at about -ELBO bits each")
+    compress.add_argument("--bucket-bits", type=int, default=None,
+                          help="--lossless: 2^b buckets of equal prior mass per latent dimension (default 12)")
+    compress.add_argument("--chains", type=int, default=None,
+                          help="--lossless: stacks coded in lock-step, the networks batched over them (faster; "
+                               "each adds its initial bits; default 1)")
+    compress.add_argument("--threads", type=int, default=None,
+                          help="torch threads the networks run on (written in the file; default: torch's)")
     compress.set_defaults(handler=_compress)
 
-    decompress = commands.add_parser("decompress", help="the images of a .vqz file as PNGs")
+    decompress = commands.add_parser("decompress", help="the images of a .vqz file (lossy or lossless) as PNGs")
     decompress.add_argument("file")
-    decompress.add_argument("--run", required=True, help="the code-prior run that wrote the file")
+    decompress.add_argument("--run", required=True, help="the run that wrote the file (code-prior or VAE)")
     decompress.add_argument("-o", "--out", required=True, help="folder for the PNG files")
     decompress.set_defaults(handler=_decompress)
 
@@ -216,7 +226,8 @@ def _write_outputs(model: Any, made: Any, out: Path, *, nrow: int) -> None:
 def _compress(args: argparse.Namespace) -> int:
     from vaekit.api import compress
 
-    out = compress(args.run_dir, args.images, args.out)
+    out = compress(args.run_dir, args.images, args.out, lossless=args.lossless, bucket_bits=args.bucket_bits,
+                   chains=args.chains, threads=args.threads)
     print(f"{out}: {out.stat().st_size} bytes")
     return 0
 

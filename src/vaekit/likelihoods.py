@@ -42,6 +42,24 @@ class ImageLikelihood:
         """True when log p(x|z) is a probability of discrete data, so bits/dim are exact."""
         return self.name in ("bernoulli", "logistic", "logistic_mixture")
 
+    @property
+    def num_levels(self) -> int | None:
+        """Values L a pixel takes under p(x|z), on the grid k / (L - 1) of [0, 1]; None when continuous."""
+        if self.name == "bernoulli":
+            return 2
+        return self.num_bins if self.is_discrete else None
+
+    def level_log_probs(self, distribution: ImageDistribution, like: Tensor) -> Tensor:
+        """log p(x = k / (L - 1) | z) at every level k: (L, *log_prob's shape) for images shaped like `like`.
+
+        Each level's `log_prob` is the distribution's own bin mass (PixelCNN++ eq. (2) for the
+        logistics), so the L masses of a pixel sum to one; entropy coders take them as its pmf.
+        """
+        if self.num_levels is None:
+            raise ValueError(f"a {self.name} likelihood has no discrete levels")
+        last = self.num_levels - 1
+        return torch.stack([distribution.log_prob(torch.full_like(like, k / last)) for k in range(self.num_levels)])
+
     def num_params(self, channels: int) -> int:
         """Decoder output maps per pixel for images with `channels` channels."""
         if self.name == "bernoulli":

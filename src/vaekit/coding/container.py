@@ -1,14 +1,16 @@
 """The .vqz container: a small header that turns damage into one clear error, then the payload.
 
 Layout (all integers unsigned LEB128 varints unless stated):
-  magic b"VQZ" | version (1 byte) | fingerprint (4 bytes: truncated SHA-256 of the models and coder
+  magic (b"VQZ": lossy, a VQ-VAE's codes, vq_codec.py; b"VQB": lossless, pixels bits-back coded with a
+  VAE, bitsback.py) | version (1 byte) | fingerprint (4 bytes: truncated SHA-256 of the models and coder
   settings) | count | channels | height | width (the true image size) | batch | threads (the layout
-  the prior was evaluated in: images per batch and torch threads, which the decoder repeats) |
-  payload length | CRC-32 of the header before it and the payload (4 bytes, little endian) |
-  CRC-32 of the decoded code indices (4 bytes) | payload. 23 bytes for one 28x28 image.
+  the networks were evaluated in: images per batch and torch threads, which the decoder repeats) |
+  bucket bits (b"VQB" only: 2^b prior buckets per latent dimension) | payload length | CRC-32 of the
+  header before it and the payload (4 bytes, little endian) | CRC-32 of what is decoded (the code
+  indices, or the uint8 pixels of a lossless file; 4 bytes) | payload. 23 bytes for one 28x28 image.
 The entropy coder itself cannot tell a damaged stream from a good one (constriction decodes any
-bits), so the lengths, both CRCs and an empty coder after the last symbol are what catch a
-truncated file, flipped bits or another model.
+bits), so the lengths, both CRCs and an empty coder after the last symbol (a bits-back file: its stacks back
+at their initial words) are what catch a truncated file, flipped bits or another model.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vaekit.errors import CodecError
 
-MAGIC = b"VQZ"
+MAGIC = b"VQZ"  # lossy: a VQ-VAE's codes under a code prior
+LOSSLESS_MAGIC = b"VQB"  # lossless: the pixels bits-back coded with a VAE
+Kind = Literal["codes", "bits-back"]
+KINDS: dict[bytes, Kind] = {MAGIC: "codes", LOSSLESS_MAGIC: "bits-back"}
 VERSION = 2
-MAX_HEADER_BYTES = 3 + 1 + 4 + 7 * 10 + 8  # magic, version, fingerprint, 7 varints of at most 10 bytes, 2 CRCs
+MAX_HEADER_BYTES = 3 + 1 + 4 + 8 * 10 + 8  # magic, version, fingerprint, up to 8 varints of at most 10 bytes, 2 CRCs
 MAX_BATCH = 4096  # images per batch of the prior: the decoder's memory is this many images' caches
 READ_BLOCK = 1 << 20
 
@@ -65,36 +70,45 @@ class Header:
     width: int
     batch: int  # images whose prior probabilities were evaluated together
     threads: int  # torch intra-op threads they were evaluated with
-    codes_crc: int  # CRC-32 of the decoded code indices (int32 little endian, image by image, raster order)
+    codes_crc: int  # CRC-32 of the decoded code indices (int32 little endian, image by image, raster order), or
+    # of the decoded uint8 pixels (N, C, H, W) of a bits-back file
+    kind: Kind = "codes"
+    bucket_bits: int = 0  # bits-back: 2^b buckets of equal prior mass per latent dimension
+
+    def numbers(self) -> tuple[int, ...]:
+        """The header's varints before the payload length, in file order."""
+        common = (self.count, self.channels, self.height, self.width, self.batch, self.threads)
+        return (*common, self.bucket_bits) if self.kind == "bits-back" else common
 
 
 def pack(header: Header, payload: bytes) -> bytes:
     """The whole file: header then payload."""
-    numbers = b"".join(encode_varint(v) for v in (header.count, header.channels, header.height, header.width,
-                                                      header.batch, header.threads, len(payload)))
-    head = MAGIC + bytes([VERSION]) + header.fingerprint + numbers
+    magic = LOSSLESS_MAGIC if header.kind == "bits-back" else MAGIC
+    numbers = b"".join(encode_varint(v) for v in (*header.numbers(), len(payload)))
+    head = magic + bytes([VERSION]) + header.fingerprint + numbers
     return head + struct.pack("<II", zlib.crc32(payload, zlib.crc32(head)), header.codes_crc) + payload
 
 
 def read_header(data: bytes, source: str = "file") -> tuple[Header, int, int, int]:
     """(header, declared payload length, CRC-32 of header and payload, offset of the payload) from the start of a
     .vqz file: magic, version and every header number checked to be complete, nothing else."""
-    if data[:3] != MAGIC:
-        raise CodecError(f"{source} is not a .vqz file (it does not start with {MAGIC!r})")
+    kind = KINDS.get(bytes(data[:3]))
+    if kind is None:
+        raise CodecError(f"{source} is not a .vqz file (it does not start with {MAGIC!r} or {LOSSLESS_MAGIC!r})")
     if len(data) < 8:
         raise CodecError(f"{source} is truncated (no complete header)")
     if data[3] != VERSION:
         raise CodecError(f"{source} has format version {data[3]}; this vaekit reads version {VERSION}")
     fingerprint, offset = data[4:8], 8
     numbers = []
-    for _ in range(7):
+    for _ in range(8 if kind == "bits-back" else 7):
         value, offset = decode_varint(data, offset)
         numbers.append(value)
-    count, channels, height, width, batch, threads, length = numbers
+    count, channels, height, width, batch, threads, *bucket_bits, length = numbers
     if offset + 8 > len(data):
         raise CodecError(f"{source} is truncated (the header's checksums are missing)")
     checksum, codes_crc = struct.unpack("<II", data[offset:offset + 8])
-    header = Header(fingerprint, count, channels, height, width, batch, threads, codes_crc)
+    header = Header(fingerprint, count, channels, height, width, batch, threads, codes_crc, kind, *bucket_bits)
     return header, length, checksum, offset + 8
 
 
@@ -123,7 +137,9 @@ def describe(path: Path) -> dict[str, Any]:
         status = f"damaged: the payload holds {found} bytes, the header says {length}"
     else:
         status = "ok" if crc == checksum else "damaged: the CRC-32 of header and payload does not match"
-    return {"file": str(path), "format": "vqz", "version": VERSION, "fingerprint": header.fingerprint.hex(),
-            "count": header.count, "image_shape": [header.channels, header.height, header.width],
-            "batch": header.batch, "threads": header.threads, "payload_bytes": length,
-            "codes_crc32": f"{header.codes_crc:08x}", "checksum": status}
+    lossless = {"bucket_bits": header.bucket_bits, "pixels_crc32": f"{header.codes_crc:08x}"}
+    return {"file": str(path), "format": "vqz", "kind": header.kind, "version": VERSION,
+            "fingerprint": header.fingerprint.hex(), "count": header.count,
+            "image_shape": [header.channels, header.height, header.width], "batch": header.batch,
+            "threads": header.threads, "payload_bytes": length, "checksum": status,
+            **(lossless if header.kind == "bits-back" else {"codes_crc32": f"{header.codes_crc:08x}"})}

@@ -45,16 +45,16 @@ CODER_STATE_WORDS = 2
 CodeStep = Callable[[int, np.ndarray], np.ndarray]  # (position, probabilities (B, K)) -> symbols (B,) int32
 
 
-def _usable_threads(count: int) -> int:
+def usable_threads(count: int) -> int:
     """`count` torch threads, at most one per CPU of this machine."""
     return max(1, min(count, os.cpu_count() or 1))
 
 
 @contextlib.contextmanager
-def _threads(count: int) -> Iterator[None]:
+def torch_threads(count: int) -> Iterator[None]:
     """torch on `count` intra-op threads (a fixed reduction order; at most one per CPU), restored afterwards."""
     before = torch.get_num_threads()
-    torch.set_num_threads(_usable_threads(count))
+    torch.set_num_threads(usable_threads(count))
     try:
         yield
     finally:
@@ -78,7 +78,7 @@ class VQCodec:
         self.num_positions = self.grid[0] * self.grid[1]
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch={batch}: a .vqz file holds batches of 1 to {MAX_BATCH} images")
-        self.batch, self.threads = batch, _usable_threads(threads or torch.get_num_threads())  # as the header says
+        self.batch, self.threads = batch, usable_threads(threads or torch.get_num_threads())  # as the header says
         self._fingerprint = self._weights_fingerprint()
 
     def _weights_fingerprint(self) -> bytes:
@@ -122,7 +122,7 @@ class VQCodec:
         encoder = constriction.stream.queue.RangeEncoder()
         family = constriction.stream.model.Categorical(perfect=False)
         batch = min(self.batch, len(images))  # the same layout, and a smaller number in the header
-        with _threads(self.threads):
+        with torch_threads(self.threads):
             codes = torch.cat([self.vq.latent_codes(chunk).view(len(chunk), self.num_positions)
                                for chunk in self._padded(images.float().cpu()).split(batch)])  # (N, P)
             for known in codes.split(batch):
@@ -174,22 +174,22 @@ class VQCodec:
             return symbols
 
         chunks = []
-        with _threads(header.threads):
+        with torch_threads(header.threads):
             for start in range(0, header.count, header.batch):
                 chunks.append(self._walk(min(header.batch, header.count - start), decode))
         codes = torch.cat(chunks)
         if not decoder.maybe_exhausted() or zlib.crc32(codes.numpy().astype("<i4").tobytes()) != header.codes_crc:
-            fewer = _usable_threads(header.threads) < header.threads
+            fewer = usable_threads(header.threads) < header.threads
             raise CodecError(f"{source} is damaged: its decoded codes fail the header's check" + (
                 f" (or it needs the {header.threads} torch threads it was written with; this machine has "
-                f"{_usable_threads(header.threads)} CPUs)" if fewer else ""))
+                f"{usable_threads(header.threads)} CPUs)" if fewer else ""))
         return header, codes.view(header.count, *self.grid)
 
     @torch.inference_mode()
     def decompress(self, data: bytes, source: str = "file") -> Tensor:
         """The images of a .vqz file as uint8 (N, C, H, W), cropped to their true size."""
         header, codes = self.decode_codes(data, source)
-        with _threads(header.threads):
+        with torch_threads(header.threads):
             images = torch.cat([self.vq.decode_mean(chunk) for chunk in codes.split(header.batch)])
         pixels = (images[:, :, : header.height, : header.width] * 255).round().clamp(0, 255)
         return pixels.to(torch.uint8)
