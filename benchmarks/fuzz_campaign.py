@@ -5,7 +5,7 @@
 
 The inputs and oracles are those of tests/fuzz_inputs.py, which tests/test_fuzz.py runs as a fast
 slice: configs, IDX files, image arrays (.npy/.npz), PNG folders, point and mesh files,
-checkpoints (state.json and model.safetensors edits, forged or not) and .vqz files. vaekit is
+checkpoints (state.json and model.safetensors edits, forged or not) and .vqz files, lossy and lossless. vaekit is
 imported once and the fixture runs trained once per process; hypothesis generates the inputs (no
 shrinking, no database) and every input is judged and counted, none stops the campaign:
 - accepted: a result the oracle verified; rejected: the loader's documented error, with a message;

@@ -70,6 +70,8 @@ class Fixtures:
     prior_run: Path  # a code prior over a digits VQ-VAE: what .vqz files are decoded with
     vqz: bytes  # 3 digits compressed with prior_run
     vqz_images: np.ndarray  # (3, 8, 8) uint8: what `vaekit.decompress` gives for `vqz`
+    lossless: bytes  # 3 binarised digits coded losslessly (bits back) with vae_run
+    lossless_images: np.ndarray  # (3, 8, 8) uint8: those digits, 0 or 255
 
 
 @dataclass(frozen=True)
@@ -99,9 +101,13 @@ def make_fixtures(folder: Path) -> Fixtures:
     np.save(digits, np.round(load_digits().images[:3] * 255 / 16).astype(np.uint8))
     compressed = vaekit.compress(prior, [digits], folder / "digits.vqz").read_bytes()
     decoded = vaekit.decompress(folder / "digits.vqz", prior, folder / "decoded")
+    binary = folder / "binary.npy"
+    np.save(binary, np.where(load_digits().images[:3] >= 8, 255, 0).astype(np.uint8))
+    lossless = vaekit.compress(vae, [binary], folder / "binary.vqz", lossless=True).read_bytes()
     work = folder / "work"
     work.mkdir()
-    return Fixtures(work, vae, prior, compressed, np.stack([_png_pixels(path) for path in decoded]))
+    return Fixtures(work, vae, prior, compressed, np.stack([_png_pixels(path) for path in decoded]), lossless,
+                    np.load(binary))
 
 
 def run_property(boundary: Boundary, fixtures: Fixtures, *, max_examples: int,
@@ -658,8 +664,9 @@ def point_files(draw: st.DrawFn) -> tuple[str, bytes]:
         else:
             in_range = (faces >= 0).all(1) & (faces < len(points)).all(1)
             triangles = points[faces[in_range]] if len(points) else np.zeros((0, 3, 3))
-            data = (b"\0" * 80 + struct.pack("<I", len(triangles) if declared is None else declared % 2**32)
-                    + b"".join(b"\0" * 12 + tri.astype("<f4").tobytes() + b"\0\0" for tri in triangles))
+            with np.errstate(over="ignore"):  # float64 coordinates beyond float32 become infinities, on purpose
+                data = (b"\0" * 80 + struct.pack("<I", len(triangles) if declared is None else declared % 2**32)
+                        + b"".join(b"\0" * 12 + tri.astype("<f4").tobytes() + b"\0\0" for tri in triangles))
     return suffix, mutate(data, draw(MUTATIONS))
 
 
@@ -900,6 +907,7 @@ def _loaded(entry: Callable[[], Any], checkpoint: Path, *, intact: bool, forged:
 # --- .vqz files ---------------------------------------------------------------------------------
 
 VQZ_FIELDS = ["count", "channels", "height", "width", "batch", "threads", "length"]
+LOSSLESS_FIELDS = ["count", "channels", "height", "width", "batch", "threads", "bucket_bits", "length"]
 VQZ_NUMBERS = st.one_of(st.integers(0, 20), st.sampled_from([1000, 10**5, 10**6, 10**7, 2**31, 2**40, 2**64, 2**70]))
 VQZ_EDITS = st.one_of(
     st.tuples(st.just("bytes"), MUTATIONS),
@@ -910,22 +918,26 @@ VQZ_EDITS = st.one_of(
 
 @dataclass(frozen=True)
 class VqzInput:
-    """An edit of a valid .vqz file; `careful`: the header-and-payload CRC is recomputed as a careful forger would."""
+    """An edit of a valid .vqz file, lossy (VQ-VAE codes) or `lossless` (bits back); `careful`: the header-and-payload
+    CRC is recomputed as a careful forger would."""
 
     edit: tuple[Any, ...]
     careful: bool
+    lossless: bool = False
 
 
 VQZ_INPUTS = st.builds(VqzInput, VQZ_EDITS, st.booleans())
+LOSSLESS_INPUTS = st.builds(VqzInput, VQZ_EDITS, st.booleans(), st.just(True))
 
 
 def vqz_fields(data: bytes) -> tuple[list[int], int] | None:
-    """The .vqz format by its definition: (the 7 header numbers, offset of the header CRC), or None if the bytes do not
-    hold a complete header (magic, version 2, fingerprint, 7 LEB128 varints, two CRCs)."""
-    if data[:4] != b"VQZ\x02" or len(data) < 8:
+    """The .vqz format by its definition: (the header numbers, offset of the header CRC), or None if the bytes do not
+    hold a complete header (magic VQZ or VQB, version 2, fingerprint, 7 LEB128 varints (VQB: 8, with the bucket bits),
+    two CRCs)."""
+    if data[:4] not in (b"VQZ\x02", b"VQB\x02") or len(data) < 8:
         return None
     numbers, offset = [], 8
-    for _ in range(7):
+    for _ in range(len(LOSSLESS_FIELDS) if data[:3] == b"VQB" else len(VQZ_FIELDS)):
         value = shift = 0
         while True:
             if offset >= len(data) or shift > 63:
@@ -955,8 +967,9 @@ def _edited_vqz(data: bytes, edit: tuple[Any, ...], careful: bool) -> bytes:
         data = mutate(data, edit[1])
     else:
         numbers, offset = vqz_fields(data)
+        names = LOSSLESS_FIELDS if data[:3] == b"VQB" else VQZ_FIELDS
         for field, value in edit[1]:
-            numbers[VQZ_FIELDS.index(field)] = value
+            numbers[names.index(field)] = value
         data = data[:8] + b"".join(_leb128(n) for n in numbers) + data[offset:]
     fields = vqz_fields(data)
     if careful and fields is not None:
@@ -969,20 +982,22 @@ def _edited_vqz(data: bytes, edit: tuple[Any, ...], careful: bool) -> bytes:
 def check_vqz(case: VqzInput, fixtures: Fixtures) -> str:
     """`vaekit.decompress` gives the original images for the original bytes, refuses any change the CRC does not
     allow, and otherwise gives the images the header declares or a CodecError; `vaekit.info` describes the header."""
-    data = _edited_vqz(fixtures.vqz, case.edit, case.careful)
+    intact, originals, run = ((fixtures.lossless, fixtures.lossless_images, fixtures.vae_run) if case.lossless else
+                              (fixtures.vqz, fixtures.vqz_images, fixtures.prior_run))
+    data = _edited_vqz(intact, case.edit, case.careful)
     with scratch(fixtures) as folder:
         path = folder / "images.vqz"
         path.write_bytes(data)
-        _check_vqz_info(path, data, fixtures)
+        _check_vqz_info(path, data, intact)
         try:
-            written = vaekit.decompress(path, fixtures.prior_run, folder / "out")
+            written = vaekit.decompress(path, run, folder / "out")
         except CodecError as error:
-            if data == fixtures.vqz:
+            if data == intact:
                 raise OracleViolation(f"refused the intact file: {error}") from None
             return rejected(error)
         images = [_png_pixels(file) for file in written]
-    if data == fixtures.vqz:
-        if not np.array_equal(np.stack(images), fixtures.vqz_images):
+    if data == intact:
+        if not np.array_equal(np.stack(images), originals):
             raise OracleViolation("the intact file decoded to other images")
         return ACCEPTED
     if not case.careful:
@@ -993,7 +1008,7 @@ def check_vqz(case: VqzInput, fixtures: Fixtures) -> str:
     return ACCEPTED
 
 
-def _check_vqz_info(path: Path, data: bytes, fixtures: Fixtures) -> None:
+def _check_vqz_info(path: Path, data: bytes, intact: bytes) -> None:
     """`vaekit.info` of a .vqz file gives its header's numbers and whether its CRC holds, or refuses what has no header."""
     fields = vqz_fields(data)
     try:
@@ -1007,11 +1022,11 @@ def _check_vqz_info(path: Path, data: bytes, fixtures: Fixtures) -> None:
         raise OracleViolation("info described a file without a complete header")
     numbers, offset = fields
     checksum = struct.unpack("<I", data[offset : offset + 4])[0]
-    intact = len(data) - offset - 8 == numbers[6] and zlib.crc32(data[offset + 8 :], zlib.crc32(data[:offset])) == checksum
+    holds = len(data) - offset - 8 == numbers[-1] and zlib.crc32(data[offset + 8 :], zlib.crc32(data[:offset])) == checksum
     declared = [summary["count"], *summary["image_shape"], summary["batch"], summary["threads"],
-                summary["payload_bytes"]]
-    if declared != numbers or (summary["checksum"] == "ok") != intact or (data == fixtures.vqz and not intact):
-        raise OracleViolation(f"info says {summary}; the header holds {numbers}, CRC {'ok' if intact else 'damaged'}")
+                *([summary["bucket_bits"]] if data[:3] == b"VQB" else []), summary["payload_bytes"]]
+    if declared != numbers or (summary["checksum"] == "ok") != holds or (data == intact and not holds):
+        raise OracleViolation(f"info says {summary}; the header holds {numbers}, CRC {'ok' if holds else 'damaged'}")
 
 
 def _png_pixels(path: Path) -> np.ndarray:
@@ -1027,4 +1042,5 @@ BOUNDARIES: dict[str, Boundary] = {
     "points": Boundary(POINT_INPUTS, check_points),
     "checkpoint": Boundary(CHECKPOINT_INPUTS, check_checkpoint),
     "vqz": Boundary(VQZ_INPUTS, check_vqz),
+    "vqz-lossless": Boundary(LOSSLESS_INPUTS, check_vqz),
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from fuzz_inputs import BOUNDARIES, make_fixtures, run_property
 
-FAST_EXAMPLES = {"config": 100, "idx": 120, "arrays": 100, "png": 60, "points": 60, "checkpoint": 60, "vqz": 40}
+FAST_EXAMPLES = {"config": 100, "idx": 120, "arrays": 100, "png": 60, "points": 60, "checkpoint": 60, "vqz": 40, "vqz-lossless": 40}
 BUDGETS = [pytest.param(1, id="fast", marks=pytest.mark.timeout(120)),
            pytest.param(40, id="long", marks=[pytest.mark.slow, pytest.mark.timeout(3600)])]
 
