@@ -1,0 +1,120 @@
+"""The hierarchical VAE on Fashion-MNIST (Bernoulli, dynamic binarisation): settings chosen on held-out
+training images, then the test NLL after 10 minutes of training.
+
+    python benchmarks/hvae_fashion.py select     # candidates on 50,000 training images, scored on the other 10,000
+    python benchmarks/hvae_fashion.py goal1      # the fashion-mnist-hvae-10min preset, then the test protocol
+
+Stage `select`: each candidate (the preset with a few overrides) trains on the first 50,000 training
+images (`data.validation=10000`) and is scored on the first 1000 of the 10,000 held-out training
+images with K=100; no test image is read. Its steps are fixed, so its score does not depend on the
+machine's load; SELECT_THREADS=1 runs it beside other work without oversubscribing 2 cores. Stage `goal1`: the chosen preset, unchanged, on the whole
+training split; then `vaekit eval` in fp32 with K=1000 on the first 1000 test images (the preset's own
+evaluation, K=100 beside it) and with K=100 on all 10,000 test images. Training time is the engine's
+train_seconds (steps only, not evaluation or saving). Every stage is resumable: finished runs are read
+back, an interrupted run resumes from its checkpoint (its train_seconds add up), and
+benchmarks/results/hvae_fashion.json is rewritten after every run with the load average.
+Run directories: benchmarks/results/partial/hvae/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import vaekit
+from vaekit.io import atomic_write_json
+
+ROOT = Path(__file__).resolve().parent
+RUNS = ROOT / "results" / "partial" / "hvae"
+OUT = ROOT / "results" / "hvae_fashion.json"
+GOAL1_PRESET = "fashion-mnist-hvae-10min"
+VALIDATION = ["data.validation=10000", "eval.num_images=1000", "eval.num_importance_samples=100",
+              "eval.extra_importance_samples=[]", f"train.num_threads={os.environ.get('SELECT_THREADS', '2')}"]
+CANDIDATES: dict[str, list[str]] = {  # run name -> overrides of GOAL1_PRESET (7x7: 0.15 s per step idle)
+    "cells0-3600-lr1e-3": ["model.downsamples=1", "model.groups_per_scale=[2,2]", "model.cells_per_resolution=0",
+                           "train.steps=3600", "model.kl_warmup_steps=1080", "train.lr=0.001",
+                           "train.eval_every=3600"],
+    "7x7-g4-cells0-6500-lr1e-3": ["model.downsamples=2", "model.groups_per_scale=[4]", "model.cells_per_resolution=0",
+                                  "train.steps=6500", "model.kl_warmup_steps=1950", "train.lr=0.001",
+                                  "train.eval_every=6500"],
+}
+
+
+def _record() -> dict:
+    return json.loads(OUT.read_text()) if OUT.is_file() else {}
+
+
+def _save(record: dict) -> None:
+    atomic_write_json(OUT, record)
+
+
+def _last_lines(run_dir: Path) -> tuple[dict, dict]:
+    """The last training-metrics line and the last test line of a run's metrics.jsonl."""
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return ([m for m in lines if m["split"] == "train"][-1], [m for m in lines if m["split"] == "test"][-1])
+
+
+def _train(name: str, preset: str, overrides: list[str]) -> Path:
+    """Train (or resume, or read back) one run under RUNS; its directory."""
+    run_dir = RUNS / name
+    resume = (run_dir / "checkpoints").is_dir()
+    config = vaekit.load_config(preset, [f"out_dir={RUNS}", f"name={name}", *overrides])
+    if resume and (run_dir / "metrics.jsonl").is_file():
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        if any(m["split"] == "test" and m["step"] == config.train.steps for m in lines):
+            return run_dir
+    return vaekit.train(preset, overrides=[f"out_dir={RUNS}", f"name={name}", *overrides], resume=resume,
+                        force=not resume, quiet=True)
+
+
+def _summary(run_dir: Path) -> dict:
+    train, test = _last_lines(run_dir)
+    keep = ("nll", "nll_stderr", "elbo", "kl", "active_groups", "kl_per_group", "active_units", "num_images",
+            "importance_samples", "nll_k100", "bits_per_dim")
+    return {"train_seconds": train["train_seconds"], "steps": train["step"], "skipped_steps": train["skipped_steps"],
+            "score": {key: test[key] for key in keep if key in test}, "loadavg": os.getloadavg()}
+
+
+def stage_select() -> None:
+    record = _record()
+    results = record.setdefault("select", {})
+    for name, overrides in CANDIDATES.items():
+        if name in results:
+            continue
+        run_dir = _train(f"select-{name}", GOAL1_PRESET, [*overrides, *VALIDATION])
+        results[name] = {"overrides": overrides, **_summary(run_dir)}
+        _save(record)
+        print(name, results[name]["train_seconds"], results[name]["score"]["nll"], flush=True)
+
+
+def stage_goal1() -> None:
+    record = _record()
+    goal = record.setdefault("goal1", {"preset": GOAL1_PRESET})
+    run_dir = _train("goal1", GOAL1_PRESET, [])
+    goal |= _summary(run_dir)
+    _save(record)
+    if "test_all_k100" not in goal:
+        out = RUNS / "goal1-test-all-k100.json"
+        subprocess.run([sys.executable, "-m", "vaekit", "eval", str(run_dir), "--importance-samples", "100",
+                        "--num-images", "10000", "--quiet", "--out", str(out)], check=True)
+        scores = json.loads(out.read_text())
+        goal["test_all_k100"] = {key: scores[key] for key in ("nll", "nll_stderr", "elbo", "num_images")}
+        goal["test_all_k100"]["loadavg"] = os.getloadavg()
+        _save(record)
+    print(json.dumps(goal, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["select", "goal1"])
+    args = parser.parse_args()
+    RUNS.mkdir(parents=True, exist_ok=True)
+    {"select": stage_select, "goal1": stage_goal1}[args.stage]()
+
+
+if __name__ == "__main__":
+    main()
