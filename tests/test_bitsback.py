@@ -1,10 +1,11 @@
-"""Lossless compression by bits-back ANS coding with a VAE (BB-ANS, Townsend et al. 2019): bit-exact round trips,
-a rate at the negative ELBO, deterministic bytes, and one clear error for damaged or foreign files and for models
-without a discrete likelihood."""
+"""Lossless compression by bits-back ANS coding with a VAE (BB-ANS, Townsend et al. 2019) and a hierarchical VAE
+(HiLLoC, Townsend et al. 2020): bit-exact round trips (grey, binary, colour), a rate at the negative ELBO,
+deterministic bytes, and one clear error for damaged or foreign files and for models without a discrete likelihood."""
 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -13,8 +14,9 @@ from conftest import tiny_config
 
 import vaekit
 from vaekit.cli import main
-from vaekit.coding.bitsback import BitsBackCodec, PriorBuckets, initial_words
+from vaekit.coding.bitsback import BitsBackCodec, PriorBuckets, initial_count, initial_words
 from vaekit.coding.container import Header, pack, unpack
+from vaekit.config import load_config
 from vaekit.data import load_data
 from vaekit.distributions import DiagonalGaussian, kl_divergence
 from vaekit.errors import CapabilityError, CodecError, ConfigError, DataError
@@ -26,13 +28,21 @@ LIKELIHOODS = {
 }
 
 
+STEPS = ("train.steps=300", "train.eval_every=300", "train.checkpoint_every=300", "train.log_every=100")
+TINY_HVAE = ("model.channels=8", "model.groups_per_scale=[1,1]", "model.latent_channels=2", "model.kl_warmup_steps=90",
+             "train.batch_size=32", "eval.num_importance_samples=20", "eval.num_images=40", "eval.num_grid_images=16")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Tiny digits VAEs (latent_dim 4) with each discrete likelihood, and one with the Gaussian likelihood."""
+    """Tiny digits VAEs (latent_dim 4) with each discrete likelihood, tiny hierarchical VAEs (groups at 2x2 and 4x4)
+    with each, and a VAE with the Gaussian likelihood."""
     out = tmp_path_factory.mktemp("bitsback")
-    steps = ("train.steps=300", "train.eval_every=300", "train.checkpoint_every=300", "train.log_every=100")
-    made = {name: vaekit.train(tiny_config(out, *steps, *extra, name=name), quiet=True)
+    made = {name: vaekit.train(tiny_config(out, *STEPS, *extra, name=name), quiet=True)
             for name, extra in LIKELIHOODS.items()}
+    for name, extra in LIKELIHOODS.items():
+        config = load_config("digits-hvae", [f"out_dir={out}", f"name=hvae-{name}", *TINY_HVAE, *STEPS, *extra])
+        made[f"hvae-{name}"] = vaekit.train(config, quiet=True)
     made["gaussian"] = vaekit.train(tiny_config(out, "data.binarize=none", "model.likelihood=gaussian",
                                                 "train.steps=2", name="gaussian"), quiet=True)
     return made
@@ -44,39 +54,49 @@ def digits_of(run, count: int = 200) -> torch.Tensor:
 
 
 def negative_elbo_bits(model, images: torch.Tensor, samples: int = 256) -> float:
-    """Mean -ELBO in bits per image: -E_q log p(x|z) (Monte Carlo) + KL(q || p) (analytic), continuous z."""
+    """Mean -ELBO in bits per image, continuous z: -E_q log p(x|z) + sum_l KL(q(z_l|z_<l,x) || p(z_l|z_<l)), the
+    KLs analytic (given the drawn z_<l), the expectation over `samples` draws."""
     generator = torch.Generator().manual_seed(0)
+    total = torch.zeros(len(images))
+
+    def draw(index, prior, posterior):
+        total.add_(kl_divergence(posterior, prior).flatten(1).sum(1))
+        return posterior.rsample(torch.randn(posterior.mean.shape, generator=generator))
+
     with torch.no_grad():
-        q = model.encode(images)
-        kl = kl_divergence(q, model.prior(q.mean)).sum(-1)  # (N,)
-        noise = torch.randn(samples, *q.mean.shape, generator=generator)
-        reconstruction = torch.stack([model.likelihood.log_likelihood(model.decode(q.rsample(eps)), images)
-                                      for eps in noise]).mean(0)  # (N,)
-    return float((kl - reconstruction).mean()) / math.log(2.0)
+        for _ in range(samples):
+            total.sub_(model.likelihood.log_likelihood(model.latent_pass(len(images), draw, images), images))
+    return float(total.mean()) / samples / math.log(2.0)
 
 
-@pytest.mark.parametrize("likelihood", list(LIKELIHOODS))
+ALL = [*LIKELIHOODS, *(f"hvae-{name}" for name in LIKELIHOODS)]
+
+
+@pytest.mark.parametrize("likelihood", ALL)
 def test_a_round_trip_gives_back_the_pixels_bit_exactly(runs, likelihood):
     codec = BitsBackCodec(vaekit.load(runs[likelihood]))
     images = digits_of(runs[likelihood])
     expected = (images.double() * 255).round().to(torch.uint8)
-    assert len(expected.unique()) == (2 if likelihood == "bernoulli" else 17)
+    assert len(expected.unique()) == (2 if likelihood.endswith("bernoulli") else 17)
     back = codec.decompress(codec.compress(images))
     assert back.dtype == torch.uint8 and torch.equal(back, expected)
     assert torch.equal(codec.decompress(codec.compress(expected)), expected)  # uint8 in, the same bytes
 
 
-@pytest.mark.parametrize("likelihood", list(LIKELIHOODS))
+@pytest.mark.parametrize("likelihood", ALL)
 def test_the_rate_is_the_negative_elbo_plus_the_initial_bits(runs, likelihood):
     """Payload bits per image within 1% of the mean -ELBO (continuous z, analytic KL) plus the initial words' bits
     spread over the images; the 4-byte words, the 2^-12 buckets and 24-bit probabilities cost the rest. The rate
-    draws one z per image, so it scatters around the -ELBO: all 360 test digits keep that near 0.3% of it."""
+    draws one z per image, so it scatters around the -ELBO: all 360 test digits keep that near 0.3% of it. The
+    hierarchical VAEs' buckets follow each group's prior given the groups above (HiLLoC)."""
     model = vaekit.load(runs[likelihood])
     images = digits_of(runs[likelihood], 360)
     codec = BitsBackCodec(model)
+    latent_dims = 4 if likelihood in LIKELIHOODS else 2 * 2 * 2 + 2 * 4 * 4
+    assert sum(codec.group_dims) == latent_dims
     _, payload = unpack(codec.compress(images))
     rate = 8 * len(payload) / len(images)
-    bound = negative_elbo_bits(model, images) + 32 * len(initial_words(4)) / len(images)
+    bound = negative_elbo_bits(model, images) + 32 * initial_count(12, latent_dims) / len(images)
     assert abs(rate - bound) < 0.01 * bound, (rate, bound)
 
 
@@ -108,26 +128,70 @@ def test_chains_in_lock_step_give_back_the_same_pixels_with_their_initial_bits_e
     one, seven = BitsBackCodec(model).compress(images), BitsBackCodec(model, chains=7).compress(images)
     assert unpack(seven)[0].batch == 7 and one != seven
     assert torch.equal(BitsBackCodec(model).decompress(seven), BitsBackCodec(model).decompress(one))
-    words = len(initial_words(4))
+    words = initial_count(12, 4)
     assert 4 * words * 6 < len(unpack(seven)[1]) - len(unpack(one)[1]) < 4 * (words + 2) * 6 + 7
     assert torch.equal(BitsBackCodec(model, chains=64).decompress(BitsBackCodec(model, chains=64).compress(images)),
                        BitsBackCodec(model).decompress(one))  # more chains than images: one image each
 
 
-def test_prior_buckets_have_equal_prior_mass_and_pop_then_push_restores_the_stack():
+def test_prior_buckets_have_equal_mass_under_each_prior_and_pop_then_push_restores_the_stack():
     import constriction
 
     buckets = PriorBuckets(8)
-    prior = buckets.masses(DiagonalGaussian(torch.zeros(3), torch.zeros(3)))  # (3, 256)
-    assert prior.shape == (3, 256) and np.allclose(prior, 1 / 256)
-    assert torch.equal(buckets.centres[:128], -buckets.centres.flip(0)[:128])  # medians, symmetric
+    prior = DiagonalGaussian(torch.tensor([0.0, 1.5, -3.0]), torch.tensor([0.0, -2.0, 1.0]))
+    assert buckets.masses(prior, prior).shape == (3, 256) and np.allclose(buckets.masses(prior, prior), 1 / 256)
+    assert torch.equal(buckets.medians[:128], -buckets.medians.flip(0)[:128])  # symmetric
+    centres = buckets.centres(prior, np.array([[0, 128, 255]]))  # bucket medians of each prior, by hand:
+    expected = [prior.mean[i] + prior.std[i] * float(NormalDist().inv_cdf((k + 0.5) / 256))
+                for i, k in enumerate([0, 128, 255])]
+    assert torch.allclose(centres, torch.tensor(expected).view(1, 3))
     q = DiagonalGaussian(torch.tensor([0.3, -2.0, 1.0]), torch.tensor([-4.0, -1.0, 0.0]))
-    assert np.allclose(buckets.masses(q).sum(-1), 1.0)
-    coder = constriction.stream.stack.AnsCoder(initial_words(3))
-    z = buckets.pop(coder, q)
-    assert not np.array_equal(coder.get_compressed(), initial_words(3))
-    buckets.push(coder, z, q)
-    assert np.array_equal(coder.get_compressed(), initial_words(3))
+    masses = buckets.masses(prior, q)
+    assert np.allclose(masses.sum(-1), 1.0)
+    edge = 1.5 + math.exp(-1.0) * NormalDist().inv_cdf(200 / 256)  # bucket 199..200 boundary of dimension 1
+    assert math.isclose(masses[1, :200].sum(), NormalDist(-2.0, math.exp(-0.5)).cdf(edge), abs_tol=1e-9)
+    coder = constriction.stream.stack.AnsCoder(initial_words(5))
+    z = buckets.pop(coder, prior, q)
+    assert not np.array_equal(coder.get_compressed(), initial_words(5))
+    buckets.push(coder, z, prior, q)
+    assert np.array_equal(coder.get_compressed(), initial_words(5))
+
+
+def test_coding_the_channels_in_order_codes_the_joint_mixture():
+    """A colour mixture shared by R, G, B: p(R) p(G | R) p(B | R, G) from `level_probs`, the weights updated by the
+    channels already coded, equals the joint bin mass of `log_prob`; each channel's masses sum to one."""
+    from vaekit.likelihoods import ImageLikelihood
+
+    likelihood = ImageLikelihood(name="logistic_mixture", num_bins=8, num_mixtures=3)
+    generator = torch.Generator().manual_seed(0)
+    distribution = likelihood.distribution(torch.randn(2, likelihood.num_params(3), 2, 2, generator=generator), 3)
+    x = torch.randint(0, 8, (2, 3, 2, 2), generator=generator).float() / 7
+    chain = torch.zeros(2, 2, 2)
+    for channel in range(3):
+        probs = likelihood.level_probs(distribution, x[:, :channel])  # (2, 2, 2, 8)
+        assert torch.allclose(probs.sum(-1), torch.ones(2, 2, 2))
+        chain += probs.gather(-1, (x[:, channel] * 7).round().long().unsqueeze(-1)).squeeze(-1).log()
+    assert torch.allclose(chain, distribution.log_prob(x), atol=1e-5)
+    assert not torch.allclose(likelihood.level_probs(distribution, x[:, :1]),  # G's masses do depend on R
+                              likelihood.level_probs(distribution, 1 - x[:, :1]))
+
+
+def test_a_colour_hierarchical_vae_codes_generated_colour_images_bit_exactly(tmp_path):
+    """A user's colour array file (N, 8, 8, 3) uint8, a hierarchical VAE with a logistic mixture shared by the
+    channels: R, then G | R, then B | R, G come back bit-exactly, with 3 chains."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[0:8, 0:8]
+    images = np.stack([np.stack([(rows * a + cols * b) % 256 for a, b in rng.integers(1, 32, size=(3, 2))], -1)
+                       for _ in range(60)]).astype(np.uint8)  # (60, 8, 8, 3) coloured stripes
+    np.save(tmp_path / "colour.npy", images)
+    config = load_config("digits-hvae", [
+        f"out_dir={tmp_path}", "name=colour", "data={name: images, path: " + str(tmp_path / "colour.npy") + "}",
+        "model.likelihood=logistic_mixture", "model.num_mixtures=2", *TINY_HVAE, "train.steps=20",
+        "train.eval_every=20", "train.checkpoint_every=20", "train.log_every=10"])
+    codec = BitsBackCodec(vaekit.load(vaekit.train(config, quiet=True)), chains=3)
+    pixels = torch.from_numpy(images[:7]).permute(0, 3, 1, 2).contiguous()
+    data = codec.compress(pixels)
+    assert torch.equal(codec.decompress(data), pixels) and unpack(data)[0].channels == 3
 
 
 @pytest.mark.parametrize("damage", ["truncated", "bit flip", "payload bit flip", "forged payload", "forged count",
@@ -165,7 +229,7 @@ def test_only_a_vae_with_a_discrete_likelihood_compresses_losslessly(runs):
     with pytest.raises(CapabilityError, match="discrete likelihood"):
         BitsBackCodec(vaekit.load(runs["gaussian"]))
     wae = build_model(model_config_class("wae-mmd")(image_shape=(1, 8, 8), latent_dim=2, hidden_dims=[8]))
-    with pytest.raises(CapabilityError, match="needs a VAE"):
+    with pytest.raises(CapabilityError, match="cannot compress losslessly"):
         BitsBackCodec(wae)
     with pytest.raises(DataError, match="17 levels"):
         BitsBackCodec(vaekit.load(runs["logistic"])).compress(torch.full((1, 1, 8, 8), 0.3))

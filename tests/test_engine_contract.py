@@ -4,6 +4,7 @@ coverage, global-batch normalisation, and a training run that leaves the caller'
 from __future__ import annotations
 
 import json
+import math
 
 import torch
 from conftest import tiny_config
@@ -64,6 +65,11 @@ def test_skipped_updates_change_no_weight_and_no_buffer_and_are_counted(tmp_path
         assert torch.equal(value, final[key]), key  # parameters, the EMA codebook and usage alike
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["skipped_steps"] for r in records if r["split"] == "train"] == [3, 6]
+    # the pre-clip gradient norm is logged for skipped updates too (a threshold is chosen from it); without
+    # clipping or skipping no norm is computed
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 1e-12 for r in records if r["split"] == "train")
+    plain = vaekit.train(_toy_config(tmp_path / "plain"), quiet=True)
+    assert '"grad_norm"' not in (plain / "metrics.jsonl").read_text()
 
 
 def test_the_weight_ema_averages_parameters_not_the_codebook_that_is_itself_an_average(tmp_path):

@@ -153,6 +153,11 @@ class Bernoulli:
             at_least_fp32(self.logits), at_least_fp32(value), reduction="none"
         )
 
+    def level_probs(self, known: Tensor) -> Tensor:
+        """p(x_c = 0), p(x_c = 1) of channel c = known.shape[1] (channels are independent): (B, H, W, 2)."""
+        logits = at_least_fp32(self.logits)[:, known.shape[1]]
+        return torch.stack([torch.sigmoid(-logits), torch.sigmoid(logits)], -1)
+
     def sample(
         self, generator: torch.Generator | None = None, *, temperature: float = 1.0
     ) -> Tensor:
@@ -227,6 +232,12 @@ class DiscretizedLogistic:
         """[lower, upper) of the data bin of each grid value; the edge bins reach -inf / +inf."""
         return _grid_bin_edges(at_least_fp32(value), self.num_bins)
 
+    def level_probs(self, known: Tensor) -> Tensor:
+        """The L bin masses of channel c = known.shape[1] (channels are independent): (B, H, W, L)."""
+        channel = known.shape[1]
+        mean, log_scale = at_least_fp32(self.mean)[:, channel], at_least_fp32(self.log_scale)[:, channel]
+        return _logistic_level_probs(mean, torch.exp(-log_scale), self.num_bins)
+
     def sample(
         self, generator: torch.Generator | None = None, *, temperature: float = 1.0
     ) -> Tensor:
@@ -250,6 +261,14 @@ def _grid_bin_edges(value: Tensor, num_bins: int) -> tuple[Tensor, Tensor]:
     lower = torch.where(k == 0, torch.full_like(k, -math.inf), (k - 0.5) / last)
     upper = torch.where(k == last, torch.full_like(k, math.inf), (k + 0.5) / last)
     return lower, upper
+
+
+def _logistic_level_probs(mean: Tensor, inv_scale: Tensor, num_bins: int) -> Tensor:
+    """Bin masses F(upper_k) - F(lower_k) of a logistic over the L grid bins (PixelCNN++ eq. (2), the edge bins
+    taking the tails), from its cdf at the L - 1 inner edges, [-1, 1] units: (*mean.shape, L)."""
+    inner = (torch.arange(num_bins - 1, dtype=mean.dtype, device=mean.device) + 0.5) * (2.0 / (num_bins - 1)) - 1.0
+    cdf = torch.sigmoid((inner - mean.unsqueeze(-1)) * inv_scale.unsqueeze(-1))  # (..., L - 1)
+    return torch.diff(F.pad(cdf, (1, 0), value=0.0), append=torch.ones_like(cdf[..., :1]))
 
 
 def _snap_to_grid(x: Tensor, num_bins: int) -> Tensor:
@@ -351,6 +370,22 @@ class DiscretizedLogisticMixture:
     def bin_edges(self, value: Tensor) -> tuple[Tensor, Tensor]:
         """[lower, upper) of the data bin of each grid value; the edge bins reach -inf / +inf."""
         return _grid_bin_edges(at_least_fp32(value), self.num_bins)
+
+    def level_probs(self, known: Tensor) -> Tensor:
+        """p(x_c = k / (L - 1) | x_<c) at every level k for channel c = known.shape[1] given the pixels' known
+        channels x_<c (B, c, H, W): sum_m pi_m(x_<c) P_mc(k), the weights updated by Bayes' rule,
+        pi_m(x_<c) proportional to pi_m prod_{c' < c} P_mc'(x_c'). Coding R, then G | R, then B | R, G this way
+        codes the joint `log_prob`: (B, H, W, L)."""
+        means, log_scales = at_least_fp32(self.means), at_least_fp32(self.log_scales)  # (B, M, C, H, W)
+        log_weights = torch.log_softmax(at_least_fp32(self.logit_weights), dim=1)  # (B, M, H, W)
+        channel = known.shape[1]
+        if channel:
+            y = at_least_fp32(known).unsqueeze(1) * 2.0 - 1.0  # (B, 1, c, H, W)
+            seen = _discretized_logistic_log_prob(y, means[:, :, :channel], log_scales[:, :, :channel], self.num_bins)
+            log_weights = torch.log_softmax(log_weights + seen.sum(2), dim=1)
+        per_component = _logistic_level_probs(means[:, :, channel], torch.exp(-log_scales[:, :, channel]),
+                                              self.num_bins)  # (B, M, H, W, L)
+        return (log_weights.exp().unsqueeze(-1) * per_component).sum(1)
 
     def sample(
         self, generator: torch.Generator | None = None, *, temperature: float = 1.0

@@ -49,16 +49,14 @@ class ImageLikelihood:
             return 2
         return self.num_bins if self.is_discrete else None
 
-    def level_log_probs(self, distribution: ImageDistribution, like: Tensor) -> Tensor:
-        """log p(x = k / (L - 1) | z) at every level k: (L, *log_prob's shape) for images shaped like `like`.
-
-        Each level's `log_prob` is the distribution's own bin mass (PixelCNN++ eq. (2) for the
-        logistics), so the L masses of a pixel sum to one; entropy coders take them as its pmf.
-        """
+    def level_probs(self, distribution: ImageDistribution, known: Tensor) -> Tensor:
+        """p(x_c = k / (L - 1) | z, x_<c) at every level k of channel c = known.shape[1], given the known channels
+        x_<c (B, c, H, W) in [0, 1]: (B, H, W, L), float32, summing to one over the levels. Each is the
+        distribution's own bin mass (PixelCNN++ eq. (2) for the logistics); an entropy coder codes the channels in
+        order with them (a mixture shared by the channels updates its weights with the known ones)."""
         if self.num_levels is None:
             raise ValueError(f"a {self.name} likelihood has no discrete levels")
-        last = self.num_levels - 1
-        return torch.stack([distribution.log_prob(torch.full_like(like, k / last)) for k in range(self.num_levels)])
+        return distribution.level_probs(known)
 
     def num_params(self, channels: int) -> int:
         """Decoder output maps per pixel for images with `channels` channels."""

@@ -316,12 +316,15 @@ class Trainer:
             batch = self._batch(step)
             skipped = False
             for group in self.model.updates(step):
-                losses, applied = self._update(model, group, batch, step)
+                losses, applied, grad_norm = self._update(model, group, batch, step)
                 skipped |= not applied
+                prefix = "" if len(self.optimizers) == 1 else f"{group}/"
+                if grad_norm is not None and bool(torch.isfinite(grad_norm)):  # skipped updates too: it sets skip_grad_norm
+                    total, count = sums.get(prefix + "grad_norm", (0.0, 0))
+                    sums[prefix + "grad_norm"] = (total + grad_norm.detach().float(), count + 1)
                 if not applied:  # its loss may be non-finite (that is why it was skipped): not logged
                     continue
                 nonfinite |= ~torch.isfinite(losses.total.detach())
-                prefix = "" if len(self.optimizers) == 1 else f"{group}/"
                 for name, value in {**losses.terms, "loss": losses.total}.items():
                     key = prefix + name
                     total, count = sums.get(key, (0.0, 0))
@@ -353,8 +356,9 @@ class Trainer:
         progress.close()
         self.ctx.barrier()
 
-    def _update(self, model: nn.Module, group: str, batch: Batch, step: int) -> tuple[Losses, bool]:
-        """One update of `group`: loss, backward, clipping, optimiser step. Returns (losses, applied).
+    def _update(self, model: nn.Module, group: str, batch: Batch, step: int) -> tuple[Losses, bool, Tensor | None]:
+        """One update of `group`: loss, backward, clipping, optimiser step. Returns (losses, applied, the gradient
+        norm before clipping, or None without train.grad_clip and train.skip_grad_norm).
 
         With train.skip_grad_norm, an update whose gradient norm is non-finite or above it is not
         applied (Child 2021, VDVAE); the norm is of DDP's averaged gradients, so every process agrees.
@@ -368,7 +372,7 @@ class Trainer:
         with self.autocast:
             losses = model(batch, group=group, step=step)
         self.scaler.scale(losses.total).backward()
-        applied = True
+        applied, norm = True, None
         if cfg.grad_clip is not None or cfg.skip_grad_norm is not None:
             self.scaler.unscale_(optimizer)
             params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -378,7 +382,7 @@ class Trainer:
         if applied:
             self.scaler.step(optimizer)
         self.scaler.update()
-        return losses, applied
+        return losses, applied, norm
 
     def _fit(self) -> None:
         """A model with no parameter groups is fitted once on the whole training split (step 1)."""

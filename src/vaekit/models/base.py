@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -13,6 +14,7 @@ from vaekit.batch import Batch, Noise
 from vaekit.config import CodeSpec, ModelConfig, TwoStageConfig
 from vaekit.distributions import DiagonalGaussian
 from vaekit.errors import CapabilityError, ConfigError
+from vaekit.likelihoods import ImageDistribution
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,10 @@ class Losses:
     terms: dict[str, Tensor] = field(default_factory=dict)
 
 
+# chooses z_l in a pass over latent groups: (group index, prior p(z_l|z_<l), posterior q(z_l|z_<l,x) or None) -> z_l
+DrawFn = Callable[[int, DiagonalGaussian, DiagonalGaussian | None], Tensor]
+
+
 class Capability(str, enum.Enum):
     """What a model can do; evaluation, pictures, CLI verbs and the contract test follow the declaration."""
 
@@ -36,6 +42,7 @@ class Capability(str, enum.Enum):
     LIKELIHOOD = "likelihood"  # log_weights(x, K, noise) (K, B) and a `likelihood` spec: log p(x), bits/dim
     FLAT_CODES = "flat_codes"  # latent_codes(x) (B, k) float, decode_mean(z): traversals, interpolations, parents
     DISCRETE_CODES = "discrete_codes"  # latent_codes(x) integer symbols, decode_mean(codes): code priors, coding
+    LATENT_GROUPS = "latent_groups"  # latent_pass(n, draw, x): Gaussian groups p(z_l|z_<l), q(z_l|z_<l,x); bits back
 
 
 class GenerativeModel(nn.Module):
@@ -149,6 +156,12 @@ class GenerativeModel(nn.Module):
         """Capability LIKELIHOOD: log p(x, z_k) - log q(z_k|x) for K posterior draws: x (B, ...) -> (K, B); the
         draws from one generator, or keyed per example (`ExampleNoise`: independent of chunk and process)."""
         raise self._cannot(Capability.LIKELIHOOD, "score an importance-sampled likelihood")
+
+    def latent_pass(self, batch_size: int, draw: DrawFn, x: Tensor | None = None) -> ImageDistribution:
+        """Capability LATENT_GROUPS: the generator's pass over its Gaussian latent groups z_1..z_L in order, each
+        z_l = draw(l, p(z_l | z_<l), q(z_l | z_<l, x) or None without x), then p(x | z) over (batch_size, C, H, W).
+        The priors depend on z_<l only, so a decoder that draws the same z gets the same numbers (bits back)."""
+        raise self._cannot(Capability.LATENT_GROUPS, "run a pass over latent groups")
 
     def code_spec(self) -> CodeSpec:
         """Capability FLAT_CODES or DISCRETE_CODES: shape, dtype and symbols of `latent_codes`."""

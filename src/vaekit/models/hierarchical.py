@@ -19,7 +19,6 @@ resolution per scale with the image-to-latent `downsamples` done by strided conv
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,7 +32,7 @@ from vaekit.config import ImageShape, ModelConfig, PositiveFloat, Sizes
 from vaekit.distributions import DiagonalGaussian, at_least_fp32, kl_divergence, sum_except_batch
 from vaekit.errors import ConfigError
 from vaekit.likelihoods import ImageDistribution, ImageLikelihood, LikelihoodName
-from vaekit.models.base import Capability, GenerativeModel, Losses
+from vaekit.models.base import Capability, DrawFn, GenerativeModel, Losses
 from vaekit.models.registry import register_model
 from vaekit.nn.residual import residual_stack
 from vaekit.nn.spectral import SpectralPenalty
@@ -86,16 +85,12 @@ def group_kls(groups: list[GroupOutput]) -> Tensor:
     return torch.stack([sum_except_batch(kl_divergence(g.posterior, g.prior)) for g in groups], 1)
 
 
-# chooses z_l: (group index, prior, posterior or None) -> z_l
-DrawFn = Callable[[int, DiagonalGaussian, DiagonalGaussian | None], Tensor]
-
-
 @register_model("hierarchical-vae", HierarchicalVAEConfig)
 class HierarchicalVAE(GenerativeModel):
     """x (B, C, H, W) -> bottom-up features -> top-down groups z_1..z_L -> p(x | z)."""
 
     config: HierarchicalVAEConfig
-    capabilities = frozenset({Capability.SAMPLE, Capability.LIKELIHOOD})
+    capabilities = frozenset({Capability.SAMPLE, Capability.LIKELIHOOD, Capability.LATENT_GROUPS})
 
     def __init__(self, config: HierarchicalVAEConfig) -> None:
         super().__init__(config)
@@ -185,6 +180,10 @@ class HierarchicalVAE(GenerativeModel):
         for up in self.decoder_up:
             h = up(h)
         return self.likelihood.distribution(self.output(h), channels=self.config.image_shape[0]), groups
+
+    def latent_pass(self, batch_size: int, draw: DrawFn, x: Tensor | None = None) -> ImageDistribution:
+        """`top_down` with the bottom-up features of x when given: the groups' priors and posteriors, then p(x | z)."""
+        return self.top_down(batch_size, draw, None if x is None else self.bottom_up(x))[0]
 
     def latent_shapes(self) -> list[tuple[int, int, int]]:
         """(latent_channels, r_l, r_l) of each group, coarsest first."""

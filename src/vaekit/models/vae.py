@@ -16,7 +16,7 @@ from vaekit.batch import Batch, Noise, standard_normal
 from vaekit.config import CodeSpec, ImageShape, ModelConfig, PositiveFloat, Sizes
 from vaekit.distributions import DiagonalGaussian, at_least_fp32, kl_divergence, sum_except_batch
 from vaekit.likelihoods import ImageDistribution, ImageLikelihood, LikelihoodName
-from vaekit.models.base import Capability, GenerativeModel, Losses
+from vaekit.models.base import Capability, DrawFn, GenerativeModel, Losses
 from vaekit.models.registry import register_model
 from vaekit.nn.image_nets import (
     Activation,
@@ -63,7 +63,7 @@ class VAE(GenerativeModel):
 
     config: VAEConfig
     capabilities = frozenset({Capability.SAMPLE, Capability.GAUSSIAN_POSTERIOR, Capability.LIKELIHOOD,
-                              Capability.FLAT_CODES})
+                              Capability.FLAT_CODES, Capability.LATENT_GROUPS})
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__(config)
@@ -87,6 +87,11 @@ class VAE(GenerativeModel):
     def prior(self, like: Tensor) -> DiagonalGaussian:
         """p(z) = N(0, I) shaped like `like`."""
         return DiagonalGaussian.standard_like(like)
+
+    def latent_pass(self, batch_size: int, draw: DrawFn, x: Tensor | None = None) -> ImageDistribution:
+        """One latent group: z = draw(0, p(z) = N(0, I), q(z|x) or None), then p(x|z)."""
+        prior = self.prior(torch.zeros(batch_size, self.config.latent_dim, device=self.device))
+        return self.decode(draw(0, prior, None if x is None else self.encode(x)))
 
     def loss(self, batch: Batch, *, group: str = "model", step: int = 0) -> Losses:
         """Negative (beta-)ELBO, or the negative IWAE bound when iwae_samples > 1, averaged over the batch.
