@@ -78,10 +78,10 @@ OPERATING_POINTS = {  # name -> overrides of the fashion-mnist-vqvae preset
 }
 
 
-def train_run(preset: str, name: str, overrides: list[str]) -> Path:
-    """Train (or finish, or reuse) one run under RUNS; its directory."""
-    config = load_config(preset, [f"out_dir={RUNS}", f"name={name}", *overrides])
-    run_dir = RUNS / name
+def train_run(preset: str, name: str, overrides: list[str], runs: Path = RUNS) -> Path:
+    """Train (or finish, or reuse) one run under `runs`; its directory."""
+    config = load_config(preset, [f"out_dir={runs}", f"name={name}", *overrides])
+    run_dir = runs / name
     finished = run_dir / "checkpoints" / f"step-{config.train.steps}"
     if finished.is_dir():
         return run_dir

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TUTORIALS = ("vae.py", "wae.py", "point_clouds.py", "hierarchical_vae.py", "vq_vae.py")
+TUTORIALS = ("vae.py", "wae.py", "point_clouds.py", "hierarchical_vae.py", "vq_vae.py", "bits_back.py")
 
 
 def hierarchical_vae_figures(out: Path) -> None:

@@ -139,7 +139,8 @@ def test_prior_buckets_have_equal_mass_under_each_prior_and_pop_then_push_restor
 
     buckets = PriorBuckets(8)
     prior = DiagonalGaussian(torch.tensor([0.0, 1.5, -3.0]), torch.tensor([0.0, -2.0, 1.0]))
-    assert buckets.masses(prior, prior).shape == (3, 256) and np.allclose(buckets.masses(prior, prior), 1 / 256)
+    assert buckets.masses(prior, prior).shape == (3, 256)
+    assert np.allclose(buckets.masses(prior, prior), 1 / 256, rtol=1e-4)  # float32 masses
     assert torch.equal(buckets.medians[:128], -buckets.medians.flip(0)[:128])  # symmetric
     centres = buckets.centres(prior, np.array([[0, 128, 255]]))  # bucket medians of each prior, by hand:
     expected = [prior.mean[i] + prior.std[i] * float(NormalDist().inv_cdf((k + 0.5) / 256))
@@ -149,7 +150,7 @@ def test_prior_buckets_have_equal_mass_under_each_prior_and_pop_then_push_restor
     masses = buckets.masses(prior, q)
     assert np.allclose(masses.sum(-1), 1.0)
     edge = 1.5 + math.exp(-1.0) * NormalDist().inv_cdf(200 / 256)  # bucket 199..200 boundary of dimension 1
-    assert math.isclose(masses[1, :200].sum(), NormalDist(-2.0, math.exp(-0.5)).cdf(edge), abs_tol=1e-9)
+    assert math.isclose(masses[1, :200].sum(), NormalDist(-2.0, math.exp(-0.5)).cdf(edge), abs_tol=1e-6)
     coder = constriction.stream.stack.AnsCoder(initial_words(5))
     z = buckets.pop(coder, prior, q)
     assert not np.array_equal(coder.get_compressed(), initial_words(5))

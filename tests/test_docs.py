@@ -112,7 +112,8 @@ def test_rate_distortion_plot_is_written_and_checks_its_input(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("tutorial", ["vae.py", "wae.py", "point_clouds.py", "hierarchical_vae.py", "vq_vae.py"])
+@pytest.mark.parametrize("tutorial", ["vae.py", "wae.py", "point_clouds.py", "hierarchical_vae.py", "vq_vae.py",
+                                      "bits_back.py"])
 def test_tutorial_runs_end_to_end(tutorial, tmp_path):
     script = ROOT / "docs" / "tutorials" / tutorial
     result = subprocess.run([sys.executable, str(script), str(tmp_path / "figures")], cwd=tmp_path,
@@ -120,7 +121,7 @@ def test_tutorial_runs_end_to_end(tutorial, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     pictures = sorted(p.name for p in (tmp_path / "figures").glob("*.png"))
     documented = {"vae.py": "vae-", "wae.py": "wae-", "point_clouds.py": "pointcloud-",
-                  "hierarchical_vae.py": "hvae-", "vq_vae.py": "vq-"}[tutorial]
+                  "hierarchical_vae.py": "hvae-", "vq_vae.py": "vq-", "bits_back.py": "bitsback-"}[tutorial]
     shipped = sorted(p.name for p in (ROOT / "docs" / "images" / "tutorials").glob(f"{documented}*.png"))
     assert pictures == shipped  # the tutorial makes exactly the pictures the docs show
     shutil.rmtree(tmp_path / "runs", ignore_errors=True)

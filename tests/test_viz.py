@@ -60,3 +60,18 @@ def test_the_kl_per_group_plot_needs_the_same_groups_in_every_run(tmp_path):
         save_kl_per_group_plot({"a": [1.0, 2.0], "b": [1.0]}, tmp_path / "bad.png")
     with pytest.raises(ValueError, match="group labels"):
         save_kl_per_group_plot({"a": [1.0, 2.0]}, tmp_path / "bad.png", group_labels=["only one"])
+
+
+def test_the_lossless_rate_plot_colours_the_models_and_refuses_a_bound_without_a_rate(tmp_path):
+    from vaekit.viz import save_lossless_rate_plot
+
+    rates = {"vaekit VAE": 40.0, "PNG": 110.0, "xz": 60.0}
+    path = save_lossless_rate_plot(rates, tmp_path / "lossless.png", negative_elbo={"vaekit VAE": 39.5})
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (600, 255)
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    orange = (np.abs(pixels - [255, 127, 14]).sum(-1) < 30).sum()  # matplotlib's tab:orange, the model's bar
+    grey = (np.abs(pixels - [127, 127, 127]).sum(-1) < 30).sum()  # tab:gray, the two classical codecs' bars
+    assert orange > 500 and grey > 2 * orange
+    with pytest.raises(ValueError, match="without a rate"):
+        save_lossless_rate_plot(rates, tmp_path / "bad.png", negative_elbo={"WebP": 30.0})

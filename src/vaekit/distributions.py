@@ -236,7 +236,8 @@ class DiscretizedLogistic:
         """The L bin masses of channel c = known.shape[1] (channels are independent): (B, H, W, L)."""
         channel = known.shape[1]
         mean, log_scale = at_least_fp32(self.mean)[:, channel], at_least_fp32(self.log_scale)[:, channel]
-        return _logistic_level_probs(mean, torch.exp(-log_scale), self.num_bins)
+        inner = _inner_edges(self.num_bins, mean)
+        return _masses_from_cdf(torch.sigmoid((inner - mean.unsqueeze(-1)) * torch.exp(-log_scale).unsqueeze(-1)))
 
     def sample(
         self, generator: torch.Generator | None = None, *, temperature: float = 1.0
@@ -263,12 +264,15 @@ def _grid_bin_edges(value: Tensor, num_bins: int) -> tuple[Tensor, Tensor]:
     return lower, upper
 
 
-def _logistic_level_probs(mean: Tensor, inv_scale: Tensor, num_bins: int) -> Tensor:
-    """Bin masses F(upper_k) - F(lower_k) of a logistic over the L grid bins (PixelCNN++ eq. (2), the edge bins
-    taking the tails), from its cdf at the L - 1 inner edges, [-1, 1] units: (*mean.shape, L)."""
-    inner = (torch.arange(num_bins - 1, dtype=mean.dtype, device=mean.device) + 0.5) * (2.0 / (num_bins - 1)) - 1.0
-    cdf = torch.sigmoid((inner - mean.unsqueeze(-1)) * inv_scale.unsqueeze(-1))  # (..., L - 1)
-    return torch.diff(F.pad(cdf, (1, 0), value=0.0), append=torch.ones_like(cdf[..., :1]))
+def _inner_edges(num_bins: int, like: Tensor) -> Tensor:
+    """The L - 1 edges between the L grid bins, [-1, 1] units: (L - 1,)."""
+    return (torch.arange(num_bins - 1, dtype=like.dtype, device=like.device) + 0.5) * (2.0 / (num_bins - 1)) - 1.0
+
+
+def _masses_from_cdf(cdf: Tensor) -> Tensor:
+    """Bin masses (..., L) from a cdf at the L - 1 inner edges (..., L - 1), the edge bins taking the tails
+    (PixelCNN++ eq. (2))."""
+    return torch.diff(cdf, prepend=torch.zeros_like(cdf[..., :1]), append=torch.ones_like(cdf[..., :1]))
 
 
 def _snap_to_grid(x: Tensor, num_bins: int) -> Tensor:
@@ -383,9 +387,10 @@ class DiscretizedLogisticMixture:
             y = at_least_fp32(known).unsqueeze(1) * 2.0 - 1.0  # (B, 1, c, H, W)
             seen = _discretized_logistic_log_prob(y, means[:, :, :channel], log_scales[:, :, :channel], self.num_bins)
             log_weights = torch.log_softmax(log_weights + seen.sum(2), dim=1)
-        per_component = _logistic_level_probs(means[:, :, channel], torch.exp(-log_scales[:, :, channel]),
-                                              self.num_bins)  # (B, M, H, W, L)
-        return (log_weights.exp().unsqueeze(-1) * per_component).sum(1)
+        inv_scale = torch.exp(-log_scales[:, :, channel]).unsqueeze(-1)  # (B, M, H, W, 1)
+        cdf = torch.sigmoid(torch.addcmul(-means[:, :, channel].unsqueeze(-1) * inv_scale,
+                                          _inner_edges(self.num_bins, means), inv_scale))  # (B, M, H, W, L - 1)
+        return _masses_from_cdf((cdf * log_weights.exp().unsqueeze(-1)).sum(1))  # the mixture's cdf, then bins
 
     def sample(
         self, generator: torch.Generator | None = None, *, temperature: float = 1.0

@@ -179,3 +179,31 @@ def save_kl_per_group_plot(kl_per_group: Mapping[str, Sequence[float]], path: st
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     return _save_figure(figure, path)
+
+
+def save_lossless_rate_plot(bytes_per_image: Mapping[str, float], path: str | Path, *,
+                            negative_elbo: Mapping[str, float] | None = None, title: str | None = None) -> Path:
+    """Horizontal bars of lossless codecs' bytes per image, fewest first, each value at its bar's end; a codec in
+    `negative_elbo` (label -> its model's -ELBO in bytes per image) is drawn in another colour with that bound
+    marked, the rate bits-back coding reaches."""
+    plt = _pyplot()
+    bounds = dict(negative_elbo or {})
+    unknown = sorted(set(bounds) - set(bytes_per_image))
+    if unknown:
+        raise ValueError(f"-ELBO given for codecs without a rate: {unknown}")
+    labels = sorted(bytes_per_image, key=bytes_per_image.__getitem__, reverse=True)  # fewest bytes on top
+    figure, axes = plt.subplots(figsize=(6, 0.45 * len(labels) + 1.2), dpi=100)
+    colours = ["tab:orange" if label in bounds else "tab:gray" for label in labels]
+    bars = axes.barh(range(len(labels)), [bytes_per_image[label] for label in labels], color=colours)
+    axes.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
+    for row, label in enumerate(labels):
+        if label in bounds:
+            axes.plot([bounds[label]] * 2, [row - 0.4, row + 0.4], color="black", linewidth=1.5)
+    axes.set_yticks(range(len(labels)), labels, fontsize=8)
+    axes.set_xlabel("bytes per image (black tick: the model's -ELBO)" if bounds else "bytes per image")
+    axes.margins(x=0.15)
+    if title:
+        axes.set_title(title, fontsize=10)
+    axes.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    return _save_figure(figure, path)

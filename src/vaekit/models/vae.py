@@ -90,7 +90,8 @@ class VAE(GenerativeModel):
 
     def latent_pass(self, batch_size: int, draw: DrawFn, x: Tensor | None = None) -> ImageDistribution:
         """One latent group: z = draw(0, p(z) = N(0, I), q(z|x) or None), then p(x|z)."""
-        prior = self.prior(torch.zeros(batch_size, self.config.latent_dim, device=self.device))
+        device = x.device if x is not None else next(self.decoder.parameters()).device
+        prior = self.prior(torch.zeros(batch_size, self.config.latent_dim, device=device))
         return self.decode(draw(0, prior, None if x is None else self.encode(x)))
 
     def loss(self, batch: Batch, *, group: str = "model", step: int = 0) -> Losses:
