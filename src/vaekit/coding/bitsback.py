@@ -60,24 +60,47 @@ AnsCoder = constriction.stream.stack.AnsCoder
 
 class PriorBuckets:
     """2^b buckets of equal mass under the prior N(m, s^2) of each latent dimension (HiLLoC's discretisation), and
-    the pops and pushes of one image's latent group onto an ANS stack."""
+    the pops and pushes of one image's latent group onto an ANS stack.
+
+    q's bucket is coded in two stages, its top ceil(b/2) bits (a coarse bucket of 2^(b/2) fine ones) then the rest
+    given them, q(i) = q(coarse) q(i | coarse): the same rate up to constriction's quantisation, and tables of
+    2 x 2^(b/2) masses per dimension instead of 2^b (64x fewer at b = 12)."""
 
     def __init__(self, bits: int) -> None:
         self.bits, self.size = bits, 1 << bits
+        self.fine_bits = bits // 2
+        self.fine_size = 1 << self.fine_bits
         index = torch.arange(self.size, dtype=torch.float64)
-        self.edges_float = torch.special.ndtri(torch.arange(self.size + 1, dtype=torch.float64) / self.size).float()
+        self.edges = torch.special.ndtri(torch.arange(self.size + 1, dtype=torch.float64) / self.size).float()
         self.medians = torch.special.ndtri((index + 0.5) / self.size).float()  # (2^b,) of N(0, 1)
         self.uniform = constriction.stream.model.Uniform(self.size)
 
-    def masses(self, prior: DiagonalGaussian, posterior: DiagonalGaussian) -> np.ndarray:
-        """q's mass of each prior bucket, Phi(t_i+1) - Phi(t_i) with t_i = (m + s e_i - mu) / sigma, of one image's
-        group (D,) flattened: (D, 2^b) float64. In float32 (several times faster than float64's ndtr): left of q's
-        mean from Phi, right of it from 1 - Phi = erfc(t / sqrt 2) / 2, so neither tail loses its small masses."""
+    @staticmethod
+    def _masses(prior: DiagonalGaussian, posterior: DiagonalGaussian, edges: Tensor) -> Tensor:
+        """q's mass between consecutive standard-normal edges (1 or D, E + 1) mapped through each dimension's prior,
+        Phi(t_i+1) - Phi(t_i) with t_i = (m + s e_i - mu) / sigma: (D, E) float32. Left of q's mean from Phi, right
+        of it from 1 - Phi = erfc(t / sqrt 2) / 2, so neither tail loses its small masses."""
         mean_p, std_p = prior.mean.reshape(-1, 1), prior.std.reshape(-1, 1)
-        t = (self.edges_float * std_p + mean_p - posterior.mean.reshape(-1, 1)) / posterior.std.reshape(-1, 1)
+        t = (edges * std_p + mean_p - posterior.mean.reshape(-1, 1)) / posterior.std.reshape(-1, 1)
         below, above = 0.5 * torch.erfc(-t * SQRT_HALF), 0.5 * torch.erfc(t * SQRT_HALF)  # Phi(t), 1 - Phi(t)
-        right = t[:, :-1] >= 0
-        return torch.where(right, above[:, :-1] - above[:, 1:], below[:, 1:] - below[:, :-1]).double().numpy()
+        return torch.where(t[:, :-1] >= 0, above[:, :-1] - above[:, 1:], below[:, 1:] - below[:, :-1])
+
+    def masses(self, prior: DiagonalGaussian, posterior: DiagonalGaussian) -> np.ndarray:
+        """q's mass of every bucket of one image's group (D,) flattened: (D, 2^b) float64 (for tests; the coder
+        uses the two stages)."""
+        return self._masses(prior, posterior, self.edges.unsqueeze(0)).double().numpy()
+
+    def _coarse(self, prior: DiagonalGaussian, posterior: DiagonalGaussian) -> np.ndarray:
+        """q's masses of the coarse buckets: (D, 2^(b - b/2)) float64."""
+        return self._masses(prior, posterior, self.edges[:: self.fine_size].unsqueeze(0)).double().numpy()
+
+    def _fine(self, prior: DiagonalGaussian, posterior: DiagonalGaussian, coarse: np.ndarray) -> np.ndarray:
+        """q's masses of the fine buckets inside each dimension's coarse bucket `coarse` (D,): (D, 2^(b/2)) float64,
+        unnormalised (constriction normalises; 1e-30 keeps a bucket far in q's tail, where float32 underflows,
+        uniform)."""
+        first = torch.from_numpy(coarse.astype(np.int64)).unsqueeze(1) * self.fine_size
+        edges = self.edges[first + torch.arange(self.fine_size + 1)]  # (D, 2^(b/2) + 1)
+        return self._masses(prior, posterior, edges).double().numpy() + 1e-30
 
     def centres(self, prior: DiagonalGaussian, buckets: np.ndarray) -> Tensor:
         """The prior medians m + s Phi^-1((i + 1/2) / 2^b) of bucket indices (B, D): z shaped like the prior."""
@@ -85,12 +108,18 @@ class PriorBuckets:
         return prior.mean + prior.std * standard.to(prior.mean.dtype)
 
     def pop(self, coder: AnsCoder, prior: DiagonalGaussian, posterior: DiagonalGaussian) -> np.ndarray:
-        """Bucket indices (D,) int32 popped with q's bucket masses (bits back)."""
-        return coder.decode(CATEGORICAL, self.masses(prior, posterior))
+        """Bucket indices (D,) int32 popped with q's bucket masses (bits back): the coarse bucket, then the fine."""
+        coarse = coder.decode(CATEGORICAL, self._coarse(prior, posterior))
+        if self.fine_bits == 0:  # b = 1: the coarse buckets are the buckets
+            return coarse
+        return coarse * self.fine_size + coder.decode(CATEGORICAL, self._fine(prior, posterior, coarse))
 
     def push(self, coder: AnsCoder, buckets: np.ndarray, prior: DiagonalGaussian, posterior: DiagonalGaussian) -> None:
-        """Push bucket indices (D,) with q's bucket masses: the inverse of `pop`."""
-        coder.encode_reverse(buckets, CATEGORICAL, self.masses(prior, posterior))
+        """Push bucket indices (D,) with q's bucket masses: the inverse of `pop` (the fine part first)."""
+        coarse, fine = np.divmod(buckets, self.fine_size)
+        if self.fine_bits:
+            coder.encode_reverse(fine.astype(np.int32), CATEGORICAL, self._fine(prior, posterior, coarse))
+        coder.encode_reverse(coarse.astype(np.int32), CATEGORICAL, self._coarse(prior, posterior))
 
     def pop_prior(self, coder: AnsCoder, count: int) -> np.ndarray:
         """`count` bucket indices popped with the prior, uniform over its buckets (b bits each)."""
