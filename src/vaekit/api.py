@@ -58,7 +58,8 @@ def info(path: str | Path) -> dict[str, Any]:
 
 def _codec(run_dir: str | Path, *, lossless: bool, bucket_bits: int | None = None, chains: int | None = None,
            threads: int | None = None) -> Any:
-    """A run's codec: bits-back coding with a VAE run when `lossless`, else a code-prior run's VQ-VAE codes."""
+    """A run's codec: bits-back coding with a VAE or hierarchical-VAE run when `lossless`, else a code-prior run's
+    VQ-VAE codes."""
     model = load(run_dir)
     if lossless:
         from vaekit.coding.bitsback import DEFAULT_BUCKET_BITS, BitsBackCodec
@@ -77,7 +78,7 @@ def _codec(run_dir: str | Path, *, lossless: bool, bucket_bits: int | None = Non
 def compress(run_dir: str | Path, images: list[str | Path], out: str | Path, *, lossless: bool = False,
              bucket_bits: int | None = None, chains: int | None = None, threads: int | None = None) -> Path:
     """Compress PNG files, folders of PNGs or .npy/.npz arrays into one .vqz file: lossy with a code-prior run, or
-    `lossless` with a VAE run (bits-back coding; `bucket_bits`: 2^b buckets per latent dimension, default 12;
+    `lossless` with a VAE or hierarchical-VAE run (bits-back coding; `bucket_bits`: 2^b buckets per latent dimension, default 12;
     `chains`: stacks coded in lock-step with batched networks, default 1, each with its own initial bits)."""
     from vaekit.data.images import read_images
     from vaekit.io import atomic_write_bytes

@@ -73,12 +73,14 @@ def _parser() -> argparse.ArgumentParser:
 
     compress = commands.add_parser("compress", help="compress images into a .vqz file with a code-prior run "
                                                     "(a learned prior over a VQ-VAE's codes), or losslessly with "
-                                                    "a VAE run (--lossless)")
-    compress.add_argument("run_dir", help="the code-prior run, or with --lossless a VAE with a discrete likelihood")
+                                                    "a VAE or hierarchical-VAE run (--lossless)")
+    compress.add_argument("run_dir", help="the code-prior run, or with --lossless a VAE or hierarchical VAE with a "
+                               "discrete likelihood")
     compress.add_argument("images", nargs="+", help="PNG files, folders of PNGs, or .npy/.npz arrays")
     compress.add_argument("-o", "--out", required=True, help="the .vqz file to write")
     compress.add_argument("--lossless", action="store_true",
-                          help="bits-back coding with a VAE: the pixels come back exactly, at about -ELBO bits each")
+                          help="bits-back coding (BB-ANS; HiLLoC for a hierarchical VAE): the pixels come back "
+                               "exactly, at about -ELBO bits each")
     compress.add_argument("--bucket-bits", type=int, default=None,
                           help="--lossless: 2^b buckets of equal prior mass per latent dimension (default 12)")
     compress.add_argument("--chains", type=int, default=None,
@@ -90,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
 
     decompress = commands.add_parser("decompress", help="the images of a .vqz file (lossy or lossless) as PNGs")
     decompress.add_argument("file")
-    decompress.add_argument("--run", required=True, help="the run that wrote the file (code-prior or VAE)")
+    decompress.add_argument("--run", required=True, help="the run that wrote the file (code-prior, VAE or hierarchical VAE)")
     decompress.add_argument("-o", "--out", required=True, help="folder for the PNG files")
     decompress.set_defaults(handler=_decompress)
 
