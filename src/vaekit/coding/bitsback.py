@@ -209,6 +209,7 @@ class BitsBackCodec:
             digest.update(name.encode())
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         return digest.digest()[:4]
+
     def levels(self, images: Tensor) -> Tensor:
         """Level indices k (N, C, H, W) int64 of uint8 images (or floats in [0, 1], taken as round(255 x)) that lie
         on this likelihood's grid: pixel = round(255 k / (L - 1))."""
