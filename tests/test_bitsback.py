@@ -134,6 +134,20 @@ def test_chains_in_lock_step_give_back_the_same_pixels_with_their_initial_bits_e
                        BitsBackCodec(model).decompress(one))  # more chains than images: one image each
 
 
+def test_the_decoder_runs_the_networks_on_the_thread_count_written_in_the_header(runs, monkeypatch):
+    """Determinism: kernels can round differently with the thread count, so a file records the encoder's and the
+    decoder repeats it, whatever codec settings the decoding side was built with."""
+    model = vaekit.load(runs["hvae-logistic"])
+    images = digits_of(runs["hvae-logistic"], 6)
+    data = BitsBackCodec(model, threads=1).compress(images)
+    assert unpack(data)[0].threads == 1
+    requested = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda count, set_threads=torch.set_num_threads: (
+        requested.append(count), set_threads(count)))
+    back = BitsBackCodec(model, threads=2).decompress(data)
+    assert requested[0] == 1 and torch.equal(back, BitsBackCodec(model).pixels(BitsBackCodec(model).levels(images)))
+
+
 def test_prior_buckets_have_equal_mass_under_each_prior_and_pop_then_push_restores_the_stack():
     import constriction
 
