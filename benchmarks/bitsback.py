@@ -148,6 +148,14 @@ def classical_speed(images: np.ndarray) -> dict:
 
 # -- vaekit ---------------------------------------------------------------------------------------------------------
 
+def finished(run: Path) -> bool:
+    """The run has its last step's checkpoint (written after its final evaluation)."""
+    if not (run / "config.yaml").is_file():
+        return False
+    steps = vaekit.load_config(str(run / "config.yaml")).train.steps
+    return (run / "checkpoints" / f"step-{steps}").is_dir()
+
+
 def model_images(run: Path, count: int) -> tuple[torch.nn.Module, torch.Tensor]:
     """A run's model and its first `count` test images as the model sees them (binarised with the evaluation's
     fixed seed for a Bernoulli run), uint8 (N, 1, 28, 28)."""
@@ -199,7 +207,7 @@ def stage_rates() -> None:
         atomic_write_json(OUT, record)
     for name, (_, kind, _) in MODELS.items():
         run = RUNS / name
-        if not (run / "checkpoints").is_dir():
+        if not finished(run):
             continue
         entry = record.setdefault("vaekit", {}).setdefault(name, {"data": kind})
         model, pixels = model_images(run, COUNT)
@@ -224,7 +232,7 @@ def stage_speed() -> None:
     torch.set_num_threads(2)
     speeds = {"loadavg_start": os.getloadavg(), "classical": classical_speed(test_images(COUNT))}
     for name in MODELS:
-        if (RUNS / name / "checkpoints").is_dir():
+        if finished(RUNS / name):
             model, pixels = model_images(RUNS / name, COUNT)
             count = COUNT if name.startswith("vae") else 100  # the hierarchical VAE codes ~25 images/s
             speeds[name] = [speed(model, pixels[:count], chains) for chains in CHAINS]
