@@ -240,6 +240,32 @@ def test_a_damaged_or_foreign_file_is_one_clear_error(runs, damage):
     assert len(str(error.value).splitlines()) == 1
 
 
+def test_a_forged_image_count_stops_at_the_initial_words_with_two_latent_dimensions(tmp_path, monkeypatch):
+    """Fuzzing found a 2-dimensional VAE's file with its count forged to 10^7 decoding for ever: with 3 initial
+    words the guard (fewer than 2) never fired, since a drained stack keeps 2 words of state."""
+    from sklearn.datasets import load_digits
+
+    run = vaekit.train(tiny_config(tmp_path, "model.latent_dim=2", "model.hidden_dims=[16]", "train.steps=30",
+                                   "train.ema_decay=0.9"), quiet=True)  # the fuzzing's VAE
+    codec = BitsBackCodec(vaekit.load(run))
+    binary = torch.from_numpy(np.where(load_digits().images[:3] >= 8, 255, 0).astype(np.uint8))[:, None]
+    header, payload = unpack(codec.compress(binary))
+    forged = Header(header.fingerprint, 10**7, header.channels, header.height, header.width, header.batch,
+                    header.threads, header.codes_crc, header.kind, header.bucket_bits)
+    steps = []
+    decode_step = BitsBackCodec._decode_step
+
+    def counted(self, coders, buckets):
+        steps.append(1)
+        assert len(steps) < 100, "decoding did not stop"
+        return decode_step(self, coders, buckets)
+
+    monkeypatch.setattr(BitsBackCodec, "_decode_step", counted)
+    with pytest.raises(CodecError, match="damaged"):
+        codec.decompress(pack(forged, payload))
+    assert len(steps) <= 10  # the 3 images and a few decoded from the drained stack, then the guard
+
+
 def test_only_a_vae_with_a_discrete_likelihood_compresses_losslessly(runs):
     with pytest.raises(CapabilityError, match="discrete likelihood"):
         BitsBackCodec(vaekit.load(runs["gaussian"]))

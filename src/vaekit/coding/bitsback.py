@@ -138,8 +138,10 @@ def initial_words(count: int) -> np.ndarray:
 
 
 def initial_count(bucket_bits: int, latent_dims: int) -> int:
-    """Initial words for D latent dimensions: ceil(b D / 32) + 2, a pop's b bits per dimension on average."""
-    return math.ceil(bucket_bits * latent_dims / WORD_BITS) + 2
+    """Initial words for D latent dimensions: ceil(b D / 32) + 2, a pop's b bits per dimension on average, and at
+    least 4: a drained stack still holds its 64-bit state (2 words), and the decoder's guard (fewer words than the
+    initial ones less one) must tell it from a stack with an image left, or a forged image count decodes for ever."""
+    return max(math.ceil(bucket_bits * latent_dims / WORD_BITS) + 2, 4)
 
 
 @torch.inference_mode()
