@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from toy_models import register_toy_models
@@ -34,6 +35,14 @@ def tiny_config(out_dir: Path, *overrides: str, name: str = "tiny") -> RunConfig
             *overrides,
         ],
     )
+
+
+def colour_stripes(count: int, size: int, max_frequency: int) -> np.ndarray:
+    """A user's colour images: (count, size, size, 3) uint8 stripes (rows * a + cols * b) % 256 per channel, seeded."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[0:size, 0:size]
+    return np.stack([np.stack([(rows * a + cols * b) % 256 for a, b in rng.integers(1, max_frequency, size=(3, 2))],
+                              -1) for _ in range(count)]).astype(np.uint8)
 
 
 @pytest.fixture(autouse=True)

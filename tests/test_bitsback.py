@@ -10,7 +10,7 @@ from statistics import NormalDist
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import colour_stripes, tiny_config
 
 import vaekit
 from vaekit.cli import main
@@ -194,10 +194,7 @@ def test_coding_the_channels_in_order_codes_the_joint_mixture():
 def test_a_colour_hierarchical_vae_codes_generated_colour_images_bit_exactly(tmp_path):
     """A user's colour array file (N, 8, 8, 3) uint8, a hierarchical VAE with a logistic mixture shared by the
     channels: R, then G | R, then B | R, G come back bit-exactly, with 3 chains."""
-    rng = np.random.default_rng(0)
-    rows, cols = np.mgrid[0:8, 0:8]
-    images = np.stack([np.stack([(rows * a + cols * b) % 256 for a, b in rng.integers(1, 32, size=(3, 2))], -1)
-                       for _ in range(60)]).astype(np.uint8)  # (60, 8, 8, 3) coloured stripes
+    images = colour_stripes(60, 8, 32)  # (60, 8, 8, 3)
     np.save(tmp_path / "colour.npy", images)
     config = load_config("digits-hvae", [
         f"out_dir={tmp_path}", "name=colour", "data={name: images, path: " + str(tmp_path / "colour.npy") + "}",

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from conftest import colour_stripes
 from torch import nn
 
 from vaekit.batch import Batch
@@ -218,10 +219,7 @@ def test_trains_on_generated_colour_images_with_the_logistic_mixture(tmp_path):
     import vaekit
     from vaekit.config import load_config
 
-    rng = np.random.default_rng(0)
-    rows, cols = np.mgrid[0:8, 0:8]
-    images = np.stack([np.stack([(rows * a + cols * b) % 256 for a, b in rng.integers(1, 32, size=(3, 2))], -1)
-                       for _ in range(60)]).astype(np.uint8)  # (60, 8, 8, 3) coloured stripes
+    images = colour_stripes(60, 8, 32)  # (60, 8, 8, 3)
     np.save(tmp_path / "colour.npy", images)
     config = load_config("digits-hvae", [
         f"out_dir={tmp_path}", "name=colour", "data={name: images, path: " + str(tmp_path / "colour.npy") + "}",

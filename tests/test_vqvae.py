@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import torch
-from conftest import tiny_config
+from conftest import colour_stripes, tiny_config
 from safetensors.torch import load_file
 
 import vaekit
@@ -48,10 +48,7 @@ def test_the_colour_preset_trains_on_generated_32x32_images_and_its_codes_compre
     from vaekit.coding.vq_codec import VQCodec
     from vaekit.config import load_config
 
-    rng = np.random.default_rng(0)
-    rows, cols = np.mgrid[0:32, 0:32]
-    images = np.stack([np.stack([(rows * a + cols * b) % 256 for a, b in rng.integers(1, 16, size=(3, 2))], -1)
-                       for _ in range(64)]).astype(np.uint8)  # (64, 32, 32, 3) coloured stripes
+    images = colour_stripes(64, 32, 16)  # (64, 32, 32, 3)
     np.save(tmp_path / "colour.npy", images)
     small = ["model.channels=16", "model.num_codes=32", "model.code_dim=8", "model.residual_cells=1"]
     vq = vaekit.train(load_config("images-vqvae", [

@@ -319,9 +319,11 @@ class Trainer:
                 losses, applied, grad_norm = self._update(model, group, batch, step)
                 skipped |= not applied
                 prefix = "" if len(self.optimizers) == 1 else f"{group}/"
-                if grad_norm is not None and bool(torch.isfinite(grad_norm)):  # skipped updates too: it sets skip_grad_norm
+                if grad_norm is not None:  # skipped updates too (it sets skip_grad_norm); no sync: a non-finite
+                    finite = torch.isfinite(grad_norm)  # norm counts as neither value nor step
                     total, count = sums.get(prefix + "grad_norm", (0.0, 0))
-                    sums[prefix + "grad_norm"] = (total + grad_norm.detach().float(), count + 1)
+                    sums[prefix + "grad_norm"] = (total + torch.where(finite, grad_norm.detach().float(), 0.0),
+                                                  count + finite.float())
                 if not applied:  # its loss may be non-finite (that is why it was skipped): not logged
                     continue
                 nonfinite |= ~torch.isfinite(losses.total.detach())
