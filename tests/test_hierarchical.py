@@ -30,6 +30,8 @@ def _perturbed(config: HierarchicalVAEConfig, seed: int = 0, scale: float = 0.3)
 
 TINY = HierarchicalVAEConfig(image_shape=(1, 2, 2), channels=8, downsamples=1, groups_per_scale=(2,), latent_channels=1,
                              cells_per_group=1)  # two 1-dimensional groups, 4 binary pixels
+TINY_DENSE_TOP = TINY.model_copy(update={"groups_per_scale": (1,), "top_latent_dim": 1, "top_hidden": 8,
+                                         "upsampling": "transposed"})  # a dense z_1, then one 1x1 group
 ALL_IMAGES = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4)), dtype=torch.float64).view(16, 1, 2, 2)
 
 
@@ -43,7 +45,7 @@ def _quadrature_log_px(model: HierarchicalVAE, images: torch.Tensor, half_width:
     grid = torch.linspace(-half_width, half_width, points, dtype=torch.float64)
     step = grid[1] - grid[0]
     z1, z2 = torch.meshgrid(grid, grid, indexing="ij")
-    z = [z1.reshape(-1, 1, 1, 1), z2.reshape(-1, 1, 1, 1)]
+    z = [z1.reshape(-1, *model.latent_shapes()[0]), z2.reshape(-1, *model.latent_shapes()[1])]
     with torch.no_grad():
         likelihood, groups = model.top_down(len(z[0]), _fixed(z))
         log_prior = sum(g.prior.log_prob(g.z).flatten(1).sum(1) for g in groups)  # (N,)
@@ -53,15 +55,20 @@ def _quadrature_log_px(model: HierarchicalVAE, images: torch.Tensor, half_width:
     return torch.logsumexp(log_px_z + log_prior, dim=1) + 2 * torch.log(step)  # (M,)
 
 
-def test_quadrature_of_the_tiny_model_is_a_distribution_over_the_16_images():
-    model = _perturbed(TINY, scale=0.1)  # prior std of z2 | z1 between 1 and 3.1 on the grid
+TINY_CASES = pytest.mark.parametrize("config, scale", [(TINY, 0.1), (TINY_DENSE_TOP, 0.15)], ids=["spatial", "dense-top"])
+
+
+@TINY_CASES
+def test_quadrature_of_the_tiny_model_is_a_distribution_over_the_16_images(config, scale):
+    model = _perturbed(config, scale=scale)  # spatial: prior std of z2 | z1 between 1 and 3.1 on the grid
     log_px = _quadrature_log_px(model, ALL_IMAGES)
     assert torch.logsumexp(log_px, 0).exp().item() == pytest.approx(1.0, abs=1e-6)
     assert log_px.max() - log_px.min() > 0.5  # the model is not uniform over images: the test has teeth
 
 
-def test_importance_sampled_log_px_matches_quadrature_within_a_hundredth_of_a_nat():
-    model = _perturbed(TINY, scale=0.1)
+@TINY_CASES
+def test_importance_sampled_log_px_matches_quadrature_within_a_hundredth_of_a_nat(config, scale):
+    model = _perturbed(config, scale=scale)
     exact = _quadrature_log_px(model, ALL_IMAGES)
     estimate, elbo = importance_sampled_log_px(model, ALL_IMAGES, num_samples=20000, samples_per_chunk=10000,
                                                generator=torch.Generator().manual_seed(0))
@@ -69,9 +76,17 @@ def test_importance_sampled_log_px_matches_quadrature_within_a_hundredth_of_a_na
     assert (elbo <= exact + 1e-6).all() and (exact - elbo).max() > 0.01  # the ELBO is a bound, and not tight
 
 
-def _three_groups() -> HierarchicalVAE:
-    return _perturbed(HierarchicalVAEConfig(image_shape=(1, 4, 4), channels=8, downsamples=1,
-                                            groups_per_scale=(1, 2), latent_channels=2), seed=3, scale=0.1)
+THREE_GROUPS = {  # three latent groups: over two scales, or a dense z_1 above two 2x2 groups
+    "spatial": HierarchicalVAEConfig(image_shape=(1, 4, 4), channels=8, downsamples=1, groups_per_scale=(1, 2),
+                                     latent_channels=2),
+    "dense-top": HierarchicalVAEConfig(image_shape=(1, 4, 4), channels=8, downsamples=1, groups_per_scale=(2,),
+                                       latent_channels=2, top_latent_dim=3, top_hidden=8, upsampling="transposed"),
+}
+
+
+@pytest.fixture(params=list(THREE_GROUPS))
+def three_groups(request) -> HierarchicalVAE:
+    return _perturbed(THREE_GROUPS[request.param], seed=3, scale=0.1)
 
 
 def _draws(model: HierarchicalVAE, batch: int, seed: int) -> list[torch.Tensor]:
@@ -79,8 +94,8 @@ def _draws(model: HierarchicalVAE, batch: int, seed: int) -> list[torch.Tensor]:
     return [torch.randn(batch, *shape, generator=g, dtype=torch.float64) for shape in model.latent_shapes()]
 
 
-def test_with_z_fixed_no_prior_parameter_depends_on_x():
-    model = _three_groups()
+def test_with_z_fixed_no_prior_parameter_depends_on_x(three_groups):
+    model = three_groups
     g = torch.Generator().manual_seed(5)
     x1, x2 = (torch.rand(3, 1, 4, 4, generator=g, dtype=torch.float64).round() for _ in range(2))
     z = _draws(model, 3, seed=6)
@@ -94,8 +109,8 @@ def test_with_z_fixed_no_prior_parameter_depends_on_x():
 
 
 @pytest.mark.parametrize("perturbed_group", [0, 1])
-def test_perturbing_z_l_leaves_earlier_priors_unchanged_and_moves_a_later_one(perturbed_group):
-    model = _three_groups()
+def test_perturbing_z_l_leaves_earlier_priors_unchanged_and_moves_a_later_one(perturbed_group, three_groups):
+    model = three_groups
     z = _draws(model, 2, seed=7)
     moved = [t.clone() for t in z]
     moved[perturbed_group] = moved[perturbed_group] + 0.5
@@ -107,8 +122,8 @@ def test_perturbing_z_l_leaves_earlier_priors_unchanged_and_moves_a_later_one(pe
     assert any(not torch.allclose(before[i].prior.mean, after[i].prior.mean) for i in range(perturbed_group + 1, 3))
 
 
-def test_the_sampling_path_recomputes_the_priors_and_likelihood_used_in_training():
-    model = _three_groups()
+def test_the_sampling_path_recomputes_the_priors_and_likelihood_used_in_training(three_groups):
+    model = three_groups
     g = torch.Generator().manual_seed(8)
     x = torch.rand(4, 1, 4, 4, generator=g, dtype=torch.float64).round()
     noise = _draws(model, 4, seed=9)
@@ -121,9 +136,9 @@ def test_the_sampling_path_recomputes_the_priors_and_likelihood_used_in_training
         torch.testing.assert_close(b.prior.log_var, a.prior.log_var, rtol=0, atol=0)
 
 
-def test_kl_per_group_is_the_residual_normal_closed_form_of_eq_2():
+def test_kl_per_group_is_the_residual_normal_closed_form_of_eq_2(three_groups):
     """KL(N(mu_p + dmu, (sigma_p dsigma)^2) || N(mu_p, sigma_p^2)) = 1/2 (dmu^2/sigma_p^2 + dsigma^2 - 1 - log dsigma^2)."""
-    model = _three_groups()
+    model = three_groups
     x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(10), dtype=torch.float64).round()
     generator = torch.Generator().manual_seed(11)
     kl = model.kl_per_group(x, generator)  # (B, L)
@@ -174,8 +189,8 @@ def test_power_iteration_finds_the_largest_singular_value():
     torch.testing.assert_close(penalty().detach(), expected, rtol=1e-4, atol=1e-6)
 
 
-def test_sampling_temperature_per_group():
-    model = _three_groups().float()
+def test_sampling_temperature_per_group(three_groups):
+    model = three_groups.float()
     at_zero_noise = model.sample(3, torch.Generator().manual_seed(0), temperature=[1e-6, 1e-6, 1e-6])
     again = model.sample(3, torch.Generator().manual_seed(1), temperature=[1e-6, 1e-6, 1e-6])
     torch.testing.assert_close(at_zero_noise, again, rtol=0, atol=1e-5)  # the prior means' path: no noise left
@@ -203,8 +218,8 @@ def test_cells_per_resolution_sets_the_cells_between_the_image_and_the_latent_sc
     x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)).round()
     assert model.reconstruct(x).shape == x.shape
 
-def test_logged_kl_per_group_sums_to_the_kl():
-    model = _three_groups().float()
+def test_logged_kl_per_group_sums_to_the_kl(three_groups):
+    model = three_groups.float()
     x = torch.rand(4, 1, 4, 4, generator=torch.Generator().manual_seed(12)).round()
     losses = model.loss(Batch.of(x, generator=torch.Generator().manual_seed(13)))
     per_group = sum(losses.terms[f"kl_group_{i}"] for i in range(3))

@@ -1,6 +1,8 @@
 """Hierarchical VAE in the NVAE style (Vahdat & Kautz, NeurIPS 2020, arXiv 2007.03898).
 
-Latent groups z_1..z_L (coarsest first), each a (latent_channels, r, r) map at its scale:
+Latent groups z_1..z_L (coarsest first), each a (latent_channels, r, r) map at its scale, optionally
+below a dense first group z_1 of `top_latent_dim` numbers (a vector, like the single-level VAE's z, decoded
+by a dense layer into the coarsest map; the spatial groups then refine it):
 - prior p(z) = prod_l p(z_l | z_<l): a top-down network whose state h_l depends on z_<l only;
   p(z_1) = N(0, I), p(z_l | z_<l) = N(mu_p(h_l), sigma_p(h_l)^2) for l > 1;
 - posterior q(z | x) = prod_l q(z_l | z_<l, x), sharing the top-down path (bidirectional
@@ -34,6 +36,7 @@ from vaekit.errors import ConfigError
 from vaekit.likelihoods import ImageDistribution, ImageLikelihood, LikelihoodName
 from vaekit.models.base import Capability, DrawFn, GenerativeModel, Losses
 from vaekit.models.registry import register_model
+from vaekit.nn.image_nets import mlp
 from vaekit.nn.residual import residual_stack
 from vaekit.nn.spectral import SpectralPenalty
 from vaekit.objectives import elbo, kl_balance_alphas, kl_balance_coefficients, kl_weight
@@ -60,6 +63,10 @@ class HierarchicalVAEConfig(ModelConfig):
     kl_balancing: bool = True  # NVAE's KL balancing ('square' alphas), applied during warm-up only
     spectral_regularisation: float = Field(0.0, ge=0)  # lambda of sum sigma_max(W) (NVAE: 0.1 / batch-size terms)
     soft_clamp: float = Field(5.0, gt=0)  # c of c * tanh(x / c) on means and log-scales (NVAE: 5)
+    upsampling: Literal["nearest", "transposed"] = "nearest"  # top-down x2: nearest + 3x3 conv (NVAE), or a 4x4
+    #                                  stride-2 transposed conv (as the VAE's decoder; ~2x fewer FLOPs)
+    top_latent_dim: int = Field(0, ge=0)  # a dense first group of this many numbers above the spatial ones; 0 = none
+    top_hidden: int = Field(256, ge=1)  # width of the dense layer between it and the coarsest map
 
     def likelihood_spec(self) -> ImageLikelihood:
         return ImageLikelihood(name=self.likelihood, num_bins=self.num_bins, num_mixtures=self.num_mixtures,
@@ -73,6 +80,36 @@ class GroupOutput:
     z: Tensor  # (B, latent_channels, r, r)
     prior: DiagonalGaussian  # p(z_l | z_<l)
     posterior: DiagonalGaussian | None  # q(z_l | z_<l, x); None when generating
+
+
+class DenseTop(nn.Module):
+    """A dense first group: coarsest encoder map (B, ch, r, r) -> q(z_1 | x) over (B, D); z_1 -> the map h_1."""
+
+    def __init__(self, map_shape: tuple[int, int, int], latent_dim: int, hidden: int) -> None:
+        super().__init__()
+        size = map_shape[0] * map_shape[1] * map_shape[2]
+        self.latent_dim = latent_dim
+        self.encoder = nn.Sequential(nn.SiLU(), nn.Flatten(), mlp([size, hidden, 2 * latent_dim], "silu"))
+        self.decoder = nn.Sequential(mlp([latent_dim, hidden, size], "silu"), nn.Unflatten(1, map_shape))
+        last = self.encoder[-1][-1]  # q(z_1 | x) starts at the prior N(0, I), as the spatial groups' heads
+        nn.init.zeros_(last.weight), nn.init.zeros_(last.bias)
+
+    def prior(self, batch_size: int) -> DiagonalGaussian:
+        """p(z_1) = N(0, I): (B, D), in the weights' dtype and device."""
+        weight = next(self.parameters())
+        return DiagonalGaussian.standard_like(weight.new_zeros(batch_size, self.latent_dim))
+
+    def posterior(self, features: Tensor, limit: float) -> DiagonalGaussian:
+        """q(z_1 | x) = N(mean, std^2), both soft-clamped: (B, ch, r, r) -> (B, D)."""
+        mean, log_std = at_least_fp32(self.encoder(features)).chunk(2, dim=1)
+        return DiagonalGaussian(soft_clamp(mean, limit), 2.0 * soft_clamp(log_std, limit))
+
+
+def upsample(channels: int, kind: Literal["nearest", "transposed"]) -> list[nn.Module]:
+    """Layers doubling the height and width of (B, channels, r, r) maps."""
+    if kind == "transposed":
+        return [nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1)]
+    return [nn.Upsample(scale_factor=2), nn.Conv2d(channels, channels, 3, padding=1)]
 
 
 def soft_clamp(x: Tensor, limit: float) -> Tensor:
@@ -105,9 +142,12 @@ class HierarchicalVAE(GenerativeModel):
         self.likelihood = config.likelihood_spec()
         ch, cz, cells, se = config.channels, config.latent_channels, config.cells_per_group, config.squeeze_excitation
         cells_above = config.cells_per_resolution
-        self.group_scales = [s for s, groups in enumerate(config.groups_per_scale) for _ in range(groups)]  # (L,)
-        self.register_buffer("kl_alphas", kl_balance_alphas(config.groups_per_scale), persistent=False)
+        self.group_scales = [s for s, groups in enumerate(config.groups_per_scale) for _ in range(groups)]  # spatial
+        dense = config.top_latent_dim > 0
+        balanced_groups = (config.groups_per_scale[0] + dense, *config.groups_per_scale[1:])  # dense: coarsest scale
+        self.register_buffer("kl_alphas", kl_balance_alphas(balanced_groups), persistent=False)
         self.top_shape = (ch, height // factor, width // factor)
+        self.dense_top = DenseTop(self.top_shape, config.top_latent_dim, config.top_hidden) if dense else None
 
         # bottom-up: stem, downsampling to the finest latent scale, then one tower stage per group (fine -> coarse)
         self.stem = nn.Conv2d(in_channels, ch, 3, padding=1)
@@ -117,18 +157,19 @@ class HierarchicalVAE(GenerativeModel):
         self.encoder_groups = nn.ModuleList(residual_stack(ch, cells, squeeze_excitation=se) for _ in self.group_scales)
         self.encoder_scale_down = nn.ModuleList(nn.Conv2d(ch, ch, 3, stride=2, padding=1) for _ in range(scales - 1))
 
-        # top-down: a learned start, per group prior / posterior heads, z -> state, cells, upsampling between scales
-        self.top = nn.Parameter(torch.zeros(1, *self.top_shape))
+        # top-down: a learned start (or the dense group's map), per group prior / posterior heads, z -> state,
+        # cells, upsampling between scales
+        self.top = None if dense else nn.Parameter(torch.zeros(1, *self.top_shape))
         self.decoder_groups = nn.ModuleList(residual_stack(ch, cells, squeeze_excitation=se) for _ in self.group_scales)
+        self.first_learned_prior = 0 if dense else 1  # the first group's prior is N(0, I)
         self.prior_heads = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Conv2d(ch, 2 * cz, 3, padding=1))
-                                         for _ in self.group_scales[1:])  # groups 2..L; p(z_1) = N(0, I)
+                                         for _ in self.group_scales[self.first_learned_prior:])
         self.posterior_heads = nn.ModuleList(nn.Sequential(nn.SiLU(), nn.Conv2d(2 * ch, 2 * cz, 3, padding=1))
                                              for _ in self.group_scales)
         self.latent_in = nn.ModuleList(nn.Conv2d(cz, ch, 1) for _ in self.group_scales)
         self.decoder_scale_up = nn.ModuleList(nn.Conv2d(ch, ch, 3, padding=1) for _ in range(scales - 1))
         self.decoder_up = nn.ModuleList(
-            nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(ch, ch, 3, padding=1),
-                          residual_stack(ch, cells_above, squeeze_excitation=se))
+            nn.Sequential(*upsample(ch, config.upsampling), residual_stack(ch, cells_above, squeeze_excitation=se))
             for _ in range(config.downsamples))
         self.output = nn.Sequential(nn.SiLU(), nn.Conv2d(ch, self.likelihood.num_params(in_channels), 3, padding=1))
         for head in [*self.prior_heads, *self.posterior_heads]:  # start at the prior N(0, I) and q = p
@@ -158,23 +199,30 @@ class HierarchicalVAE(GenerativeModel):
         With `features` (inference) each group also gets its posterior; without, it is None.
         """
         limit = self.config.soft_clamp
-        h = self.top.expand(batch_size, *self.top_shape)  # (B, ch, r_1, r_1)
         groups: list[GroupOutput] = []
-        for index, scale in enumerate(self.group_scales):
+        if self.dense_top is None:
+            h = self.top.expand(batch_size, *self.top_shape)  # (B, ch, r_1, r_1)
+        else:  # z_1 (B, D) ~ q(z_1 | x) or N(0, I), decoded into the coarsest map
+            prior = self.dense_top.prior(batch_size)
+            posterior = None if features is None else self.dense_top.posterior(features[0], limit)
+            z = draw(0, prior, posterior)
+            groups.append(GroupOutput(z=z, prior=prior, posterior=posterior))
+            h = self.dense_top.decoder(z)  # (B, ch, r, r)
+        for index, scale in enumerate(self.group_scales):  # the spatial groups
             if index > 0 and scale != self.group_scales[index - 1]:
                 h = self.decoder_scale_up[scale - 1](F.interpolate(h, scale_factor=2.0))  # next scale, 2x finer
             h = self.decoder_groups[index](h)
-            if index == 0:
+            if index < self.first_learned_prior:
                 prior = DiagonalGaussian.standard_like(h.new_zeros(batch_size, self.config.latent_channels, *h.shape[2:]))
             else:
-                mean, log_std = at_least_fp32(self.prior_heads[index - 1](h)).chunk(2, dim=1)
+                mean, log_std = at_least_fp32(self.prior_heads[index - self.first_learned_prior](h)).chunk(2, dim=1)
                 prior = DiagonalGaussian(soft_clamp(mean, limit), 2.0 * soft_clamp(log_std, limit))
             posterior = None
             if features is not None:
                 delta_mean, delta_log_std = at_least_fp32(self.posterior_heads[index](torch.cat([h, features[index]], 1))).chunk(2, 1)
                 posterior = DiagonalGaussian(prior.mean + soft_clamp(delta_mean, limit),  # residual normal, eq. 2
                                              prior.log_var + 2.0 * soft_clamp(delta_log_std, limit))
-            z = draw(index, prior, posterior)
+            z = draw(len(groups), prior, posterior)
             groups.append(GroupOutput(z=z, prior=prior, posterior=posterior))
             h = h + self.latent_in[index](z.to(h.dtype))
         for up in self.decoder_up:
@@ -185,10 +233,11 @@ class HierarchicalVAE(GenerativeModel):
         """`top_down` with the bottom-up features of x when given: the groups' priors and posteriors, then p(x | z)."""
         return self.top_down(batch_size, draw, None if x is None else self.bottom_up(x))[0]
 
-    def latent_shapes(self) -> list[tuple[int, int, int]]:
-        """(latent_channels, r_l, r_l) of each group, coarsest first."""
+    def latent_shapes(self) -> list[tuple[int, ...]]:
+        """Each group's shape, coarsest first: (top_latent_dim,) for a dense first group, then (latent_channels, r_l, r_l)."""
         _, top_h, top_w = self.top_shape
-        return [(self.config.latent_channels, top_h * 2**s, top_w * 2**s) for s in self.group_scales]
+        dense = [(self.config.top_latent_dim,)] if self.dense_top is not None else []
+        return dense + [(self.config.latent_channels, top_h * 2**s, top_w * 2**s) for s in self.group_scales]
 
     # -- training --------------------------------------------------------------------------------
 
@@ -258,9 +307,10 @@ class HierarchicalVAE(GenerativeModel):
     def sample(self, num_samples: int, generator: torch.Generator | None = None,
                temperature: float | list[float] = 1.0) -> Tensor:
         """Decoder means at z ~ prod_l p(z_l | z_<l), each group drawn at its temperature: (N, C, H, W)."""
-        temperatures = temperature if isinstance(temperature, list) else [temperature] * len(self.group_scales)
-        if len(temperatures) != len(self.group_scales):
-            raise ConfigError(f"{len(temperatures)} temperatures for {len(self.group_scales)} latent groups")
+        num_groups = len(self.latent_shapes())
+        temperatures = temperature if isinstance(temperature, list) else [temperature] * num_groups
+        if len(temperatures) != num_groups:
+            raise ConfigError(f"{len(temperatures)} temperatures for {num_groups} latent groups")
         device = generator.device if generator is not None else self.device
 
         def from_prior(index: int, prior: DiagonalGaussian, posterior: DiagonalGaussian | None) -> Tensor:
