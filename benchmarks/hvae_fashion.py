@@ -3,6 +3,7 @@ training images, then the test NLL after 10 minutes of training.
 
     python benchmarks/hvae_fashion.py select [NAME...]  # candidates on 50,000 training images, scored on the other 10,000
     python benchmarks/hvae_fashion.py goal1      # the fashion-mnist-hvae-10min preset, then the test protocol
+    python benchmarks/hvae_fashion.py curve [--seed S]  # 1..9 latent groups and the single-level VAE, 10 minutes each
 
 Stage `select`: each candidate (the preset with a few overrides) trains on the first 50,000 training
 images (`data.validation=10000`) and is scored on the first 1000 of the 10,000 held-out training
@@ -12,7 +13,12 @@ training split; then `vaekit eval` in fp32 with K=1000 on the first 1000 test im
 evaluation, K=100 beside it) and with K=100 on all 10,000 test images. Training time is the engine's
 train_seconds (steps only, not evaluation or saving). Every stage is resumable: finished runs are read
 back, an interrupted run resumes from its checkpoint (its train_seconds add up), and
-benchmarks/results/hvae_fashion.json is rewritten after every run with the load average.
+benchmarks/results/hvae_fashion.json is rewritten after every run with the load average. Stage `curve`:
+each configuration (L = 1, 2, 3, 5, 9 latent groups, and the core's single-level VAE) first trains 300
+steps to time a step on this machine, then for the steps that make CURVE_BUDGET_SECONDS of training
+(equal wall clock; the seconds it really took are recorded), in a child process whose peak resident
+memory is recorded; then test NLL at K=100 on the first 1000 test images (the settings are not chosen
+by it), active groups, KL per group, and samples per second from the prior. Run it on an idle machine.
 Run directories: benchmarks/results/partial/hvae/.
 """
 
@@ -34,7 +40,7 @@ OUT = ROOT / "results" / "hvae_fashion.json"
 GOAL1_PRESET = "fashion-mnist-hvae-10min"
 VALIDATION = ["data.validation=10000", "eval.num_images=1000", "eval.num_importance_samples=100",
               "eval.extra_importance_samples=[]", f"train.num_threads={os.environ.get('SELECT_THREADS', '2')}"]
-SPATIAL_ONLY = ["model.top_latent_dim=0", "model.upsampling=nearest", "train.lr=0.001", "train.lr_warmup_steps=0"]
+SPATIAL_ONLY = ["model.top_latent_dim=0", "model.resampling=nearest", "train.lr=0.001", "train.lr_warmup_steps=0"]
 CANDIDATES: dict[str, list[str]] = {  # run name -> overrides of GOAL1_PRESET
     # spatial groups only (the first preset): 0.15-0.18 s per step on 2 idle cores
     "cells0-3600-lr1e-3": [*SPATIAL_ONLY, "model.downsamples=1", "model.groups_per_scale=[2,2]",
@@ -43,11 +49,31 @@ CANDIDATES: dict[str, list[str]] = {  # run name -> overrides of GOAL1_PRESET
                                   "model.kl_warmup_steps=1950", "train.eval_every=6500"],
     "preset-10min": [*SPATIAL_ONLY, "model.groups_per_scale=[4]", "train.steps=3800",  # timed on 2 idle cores
                      "model.kl_warmup_steps=1140", "train.eval_every=3800"],
-    # a dense first group (32 numbers) above the 7x7 groups, transposed-conv upsampling: 0.14-0.16 s per step idle
+    # a dense first group (32 numbers) above the 7x7 groups, 3x3 convolutions to 28x28 and 4x4 stride-2 transposed
+    # convolutions back (a layout since replaced by model.resampling=strided): 0.14-0.16 s per step idle
     "dense32-g2-4200-lr2e-3": ["model.groups_per_scale=[2]", "train.steps=4200", "model.kl_warmup_steps=1260",
                                "train.eval_every=4200"],
     "dense32-g4-3800-lr2e-3": ["train.steps=3800", "model.kl_warmup_steps=1140", "train.eval_every=3800"],
+    # the image path as the VAE's conv nets (model.resampling=strided): ~0.6x the step time; 6000 steps, KL warm-up
+    # over 30% or 10% of them
+    "strided-6000": ["model.resampling=strided", "train.steps=6000", "model.kl_warmup_steps=1800",
+                     "train.eval_every=6000"],
+    "strided-6000-warmup10": ["model.resampling=strided", "train.steps=6000", "model.kl_warmup_steps=600",
+                              "train.eval_every=6000"],
 }
+
+CURVE_BUDGET_SECONDS = 600.0  # equal wall clock: each configuration's steps are sized to this many train_seconds
+CURVE_EVAL = ["eval.num_images=1000", "eval.num_importance_samples=100", "eval.extra_importance_samples=[]",
+              "eval.sample_quality_samples=0"]
+CURVE: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides); L = latent groups
+    "L1-one-7x7-group": (GOAL1_PRESET, ["model.top_latent_dim=0", "model.groups_per_scale=[1]"]),
+    "L2-dense+1": (GOAL1_PRESET, ["model.groups_per_scale=[1]"]),
+    "L3-dense+2": (GOAL1_PRESET, ["model.groups_per_scale=[2]"]),
+    "L5-dense+4": (GOAL1_PRESET, []),  # the 10-minute preset
+    "L9-dense+8": (GOAL1_PRESET, ["model.groups_per_scale=[8]"]),
+    "single-level-vae": ("fashion-mnist-vae", []),  # the core's best single-level VAE (benchmarks section 3)
+}
+PROBE_STEPS = (100, 300)  # seconds per step = train_seconds between these steps / 200
 
 
 def _record() -> dict:
@@ -114,14 +140,76 @@ def stage_goal1() -> None:
     print(json.dumps(goal, indent=1))
 
 
+def _run_child(args: list[str]) -> float:
+    """Run a vaekit command in a child process; its peak resident memory (MiB)."""
+    child = subprocess.Popen([sys.executable, "-m", "vaekit", *args])
+    _, status, usage = os.wait4(child.pid, 0)
+    if status != 0:
+        raise SystemExit(f"vaekit {' '.join(args[:3])} failed (status {status})")
+    return usage.ru_maxrss / 1024  # KiB on Linux
+
+
+def _seconds_per_step(name: str, preset: str, overrides: list[str]) -> float:
+    """A short probe run on this machine: seconds per training step between PROBE_STEPS."""
+    out = RUNS / "curve-probe"
+    _run_child(["train", "--config", preset, *overrides, f"out_dir={out}", f"name={name}", "--force", "--quiet",
+                f"train.steps={PROBE_STEPS[1]}", "train.log_every=100", "train.eval_every=1000000",
+                "train.checkpoint_every=1000000"])
+    seconds = {m["step"]: m["train_seconds"] for m in map(json.loads, (out / name / "metrics.jsonl").open())
+               if m["split"] == "train"}
+    return (seconds[PROBE_STEPS[1]] - seconds[PROBE_STEPS[0]]) / (PROBE_STEPS[1] - PROBE_STEPS[0])
+
+
+def _sampling_rate(run_dir: Path, count: int = 1000) -> float:
+    """Samples per second from the prior (decoder means), 2 threads, one batch of `count`."""
+    import time
+
+    import torch
+    torch.set_num_threads(2)
+    model = vaekit.load(run_dir)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        model.sample(10, generator)
+        start = time.perf_counter()
+        model.sample(count, generator)
+    return count / (time.perf_counter() - start)
+
+
+def stage_curve(seed: int) -> None:
+    """Each configuration for CURVE_BUDGET_SECONDS of training (steps from a probe), scored on the test split."""
+    for name, (preset, overrides) in CURVE.items():
+        key = f"{name}-seed{seed}"
+        if key in _record().get("curve", {}):
+            continue
+        seconds_per_step = _seconds_per_step(name, preset, overrides)
+        steps = int(CURVE_BUDGET_SECONDS / seconds_per_step)
+        schedule = [f"train.steps={steps}", f"train.eval_every={steps}", f"train.checkpoint_every={steps}",
+                    f"train.seed={seed}"]
+        if preset == GOAL1_PRESET:
+            schedule.append(f"model.kl_warmup_steps={int(0.3 * steps)}")  # 30% of training, as the preset
+        run_name = f"curve-{key}"
+        peak_mib = _run_child(["train", "--config", preset, *overrides, *schedule, *CURVE_EVAL, f"out_dir={RUNS}",
+                               f"name={run_name}", "--force", "--quiet"])
+        result = {"preset": preset, "overrides": overrides + schedule, "probe_seconds_per_step": seconds_per_step,
+                  "peak_rss_mib": round(peak_mib), "samples_per_second": _sampling_rate(RUNS / run_name),
+                  **_summary(RUNS / run_name)}
+        record = _record()
+        record.setdefault("curve", {})[key] = result
+        _save(record)
+        print(key, steps, result["train_seconds"], result["score"]["nll"], flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["select", "goal1"])
+    parser.add_argument("stage", choices=["select", "goal1", "curve"])
     parser.add_argument("candidates", nargs="*", help="select: only these candidates (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="curve: the training seed")
     args = parser.parse_args()
     RUNS.mkdir(parents=True, exist_ok=True)
     if args.stage == "select":
         stage_select(args.candidates)
+    elif args.stage == "curve":
+        stage_curve(args.seed)
     else:
         stage_goal1()
 

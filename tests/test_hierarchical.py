@@ -31,7 +31,7 @@ def _perturbed(config: HierarchicalVAEConfig, seed: int = 0, scale: float = 0.3)
 TINY = HierarchicalVAEConfig(image_shape=(1, 2, 2), channels=8, downsamples=1, groups_per_scale=(2,), latent_channels=1,
                              cells_per_group=1)  # two 1-dimensional groups, 4 binary pixels
 TINY_DENSE_TOP = TINY.model_copy(update={"groups_per_scale": (1,), "top_latent_dim": 1, "top_hidden": 8,
-                                         "upsampling": "transposed"})  # a dense z_1, then one 1x1 group
+                                         "resampling": "strided"})  # a dense z_1, then one 1x1 group
 ALL_IMAGES = torch.tensor(list(itertools.product([0.0, 1.0], repeat=4)), dtype=torch.float64).view(16, 1, 2, 2)
 
 
@@ -80,7 +80,7 @@ THREE_GROUPS = {  # three latent groups: over two scales, or a dense z_1 above t
     "spatial": HierarchicalVAEConfig(image_shape=(1, 4, 4), channels=8, downsamples=1, groups_per_scale=(1, 2),
                                      latent_channels=2),
     "dense-top": HierarchicalVAEConfig(image_shape=(1, 4, 4), channels=8, downsamples=1, groups_per_scale=(2,),
-                                       latent_channels=2, top_latent_dim=3, top_hidden=8, upsampling="transposed"),
+                                       latent_channels=2, top_latent_dim=3, top_hidden=8, resampling="strided"),
 }
 
 
@@ -207,16 +207,30 @@ def test_the_image_size_must_divide_by_the_scales():
 
 
 @pytest.mark.parametrize("cells_per_resolution", [0, 2])
-def test_cells_per_resolution_sets_the_cells_between_the_image_and_the_latent_scales(cells_per_resolution):
+@pytest.mark.parametrize("resampling, resolutions_with_cells", [("nearest", 2), ("strided", 1)])
+def test_cells_per_resolution_sets_the_cells_between_the_image_and_the_latent_scales(
+        cells_per_resolution, resampling, resolutions_with_cells):
+    """With downsamples=2 on 16x16 images: cells at 16x16 and 8x8 ('nearest'), at 8x8 only ('strided': no map of
+    `channels` at the image's resolution)."""
     from vaekit.nn.residual import ResidualCell
 
     config = HierarchicalVAEConfig(image_shape=(1, 16, 16), downsamples=2, groups_per_scale=(1, 2), cells_per_group=1,
-                                   cells_per_resolution=cells_per_resolution)
+                                   cells_per_resolution=cells_per_resolution, resampling=resampling)
     model = HierarchicalVAE(config)
     cells = sum(isinstance(m, ResidualCell) for m in model.modules())
-    assert cells == 2 * 3 * 1 + 2 * 2 * cells_per_resolution  # both towers: 3 groups, 2 resolutions above them
+    assert cells == 2 * 3 * 1 + 2 * resolutions_with_cells * cells_per_resolution  # both towers, 3 groups
     x = torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(0)).round()
     assert model.reconstruct(x).shape == x.shape
+    full_resolution_maps = []
+    model.stem.register_forward_hook(lambda module, inputs, output: full_resolution_maps.append(output.shape[-1]))
+    model.reconstruct(x)
+    assert full_resolution_maps == [16 if resampling == "nearest" else 8]
+
+
+def test_strided_resampling_needs_a_downsample():
+    with pytest.raises(ValueError, match="downsamples >= 1"):
+        HierarchicalVAE(HierarchicalVAEConfig(image_shape=(1, 4, 4), downsamples=0, groups_per_scale=(1, 1),
+                                              resampling="strided"))
 
 def test_logged_kl_per_group_sums_to_the_kl(three_groups):
     model = three_groups.float()

@@ -40,7 +40,7 @@ TINY = {
                           "downsamples": 2, "likelihood": "logistic_mixture", "num_bins": 17, "num_mixtures": 2,
                           "spectral_regularisation": 0.1, "kl_warmup_steps": 10, "squeeze_excitation": False},
                          {"image_shape": (1, 8, 8), "channels": 8, "latent_channels": 2, "groups_per_scale": (2,),
-                          "downsamples": 1, "top_latent_dim": 3, "top_hidden": 8, "upsampling": "transposed",
+                          "downsamples": 1, "top_latent_dim": 3, "top_hidden": 8, "resampling": "strided",
                           "kl_warmup_steps": 10}],
     "vqvae": [{"image_shape": (1, 8, 8), "channels": 8, "downsamples": 1, "residual_cells": 1, "num_codes": 6,
                "code_dim": 3},

@@ -42,6 +42,9 @@ from vaekit.nn.spectral import SpectralPenalty
 from vaekit.objectives import elbo, kl_balance_alphas, kl_balance_coefficients, kl_weight
 
 
+Resampling = Literal["nearest", "strided"]
+
+
 class HierarchicalVAEConfig(ModelConfig):
     """A hierarchical VAE: latent groups over spatial scales, top-down inference."""
 
@@ -63,8 +66,7 @@ class HierarchicalVAEConfig(ModelConfig):
     kl_balancing: bool = True  # NVAE's KL balancing ('square' alphas), applied during warm-up only
     spectral_regularisation: float = Field(0.0, ge=0)  # lambda of sum sigma_max(W) (NVAE: 0.1 / batch-size terms)
     soft_clamp: float = Field(5.0, gt=0)  # c of c * tanh(x / c) on means and log-scales (NVAE: 5)
-    upsampling: Literal["nearest", "transposed"] = "nearest"  # top-down x2: nearest + 3x3 conv (NVAE), or a 4x4
-    #                                  stride-2 transposed conv (as the VAE's decoder; ~2x fewer FLOPs)
+    resampling: Resampling = "nearest"  # between the image and the finest latent scale: 'nearest' or 'strided'
     top_latent_dim: int = Field(0, ge=0)  # a dense first group of this many numbers above the spatial ones; 0 = none
     top_hidden: int = Field(256, ge=1)  # width of the dense layer between it and the coarsest map
 
@@ -105,11 +107,41 @@ class DenseTop(nn.Module):
         return DiagonalGaussian(soft_clamp(mean, limit), 2.0 * soft_clamp(log_std, limit))
 
 
-def upsample(channels: int, kind: Literal["nearest", "transposed"]) -> list[nn.Module]:
-    """Layers doubling the height and width of (B, channels, r, r) maps."""
-    if kind == "transposed":
-        return [nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1)]
-    return [nn.Upsample(scale_factor=2), nn.Conv2d(channels, channels, 3, padding=1)]
+def image_to_latent_scale(in_channels: int, channels: int, downsamples: int, cells: int, se: bool,
+                          resampling: Resampling) -> tuple[nn.Module, nn.ModuleList]:
+    """The bottom-up layers from the image (B, C, H, W) to the finest latent scale (B, ch, H / 2^d, W / 2^d):
+    a stem, then one module per halving.
+
+    'nearest' (NVAE): a 3x3 stem at the image's resolution, then cells and a 3x3 stride-2 convolution per halving.
+    'strided' (as the VAE's conv nets): the stem is the first 4x4 stride-2 convolution, from the image itself, so
+    no map of `channels` exists at the image's resolution; cells at the resolutions strictly between."""
+    if resampling == "nearest":
+        return nn.Conv2d(in_channels, channels, 3, padding=1), nn.ModuleList(
+            nn.Sequential(residual_stack(channels, cells, squeeze_excitation=se),
+                          nn.Conv2d(channels, channels, 3, stride=2, padding=1)) for _ in range(downsamples))
+    if downsamples == 0:
+        raise ConfigError("model.resampling=strided needs model.downsamples >= 1 (it has nothing to stride over)")
+    return nn.Conv2d(in_channels, channels, 4, stride=2, padding=1), nn.ModuleList(
+        nn.Sequential(nn.SiLU(), residual_stack(channels, cells, squeeze_excitation=se),
+                      nn.Conv2d(channels, channels, 4, stride=2, padding=1)) for _ in range(downsamples - 1))
+
+
+def latent_scale_to_image(channels: int, num_params: int, downsamples: int, cells: int, se: bool,
+                          resampling: Resampling) -> tuple[nn.ModuleList, nn.Module]:
+    """The top-down layers back to the image: one module per doubling, then the output of p(x | z)'s parameter maps
+    (B, num_params, H, W).
+
+    'nearest' (NVAE): nearest-neighbour x2, a 3x3 convolution and cells per doubling, a 3x3 output convolution.
+    'strided': 4x4 stride-2 transposed convolutions, the last one (the output) emitting the parameters."""
+    if resampling == "nearest":
+        return nn.ModuleList(
+            nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(channels, channels, 3, padding=1),
+                          residual_stack(channels, cells, squeeze_excitation=se)) for _ in range(downsamples)
+        ), nn.Sequential(nn.SiLU(), nn.Conv2d(channels, num_params, 3, padding=1))
+    return nn.ModuleList(
+        nn.Sequential(nn.SiLU(), nn.ConvTranspose2d(channels, channels, 4, stride=2, padding=1),
+                      residual_stack(channels, cells, squeeze_excitation=se)) for _ in range(downsamples - 1)
+    ), nn.Sequential(nn.SiLU(), nn.ConvTranspose2d(channels, num_params, 4, stride=2, padding=1))
 
 
 def soft_clamp(x: Tensor, limit: float) -> Tensor:
@@ -150,10 +182,8 @@ class HierarchicalVAE(GenerativeModel):
         self.dense_top = DenseTop(self.top_shape, config.top_latent_dim, config.top_hidden) if dense else None
 
         # bottom-up: stem, downsampling to the finest latent scale, then one tower stage per group (fine -> coarse)
-        self.stem = nn.Conv2d(in_channels, ch, 3, padding=1)
-        self.encoder_down = nn.ModuleList(
-            nn.Sequential(residual_stack(ch, cells_above, squeeze_excitation=se), nn.Conv2d(ch, ch, 3, stride=2, padding=1))
-            for _ in range(config.downsamples))
+        self.stem, self.encoder_down = image_to_latent_scale(in_channels, ch, config.downsamples, cells_above, se,
+                                                             config.resampling)
         self.encoder_groups = nn.ModuleList(residual_stack(ch, cells, squeeze_excitation=se) for _ in self.group_scales)
         self.encoder_scale_down = nn.ModuleList(nn.Conv2d(ch, ch, 3, stride=2, padding=1) for _ in range(scales - 1))
 
@@ -168,10 +198,8 @@ class HierarchicalVAE(GenerativeModel):
                                              for _ in self.group_scales)
         self.latent_in = nn.ModuleList(nn.Conv2d(cz, ch, 1) for _ in self.group_scales)
         self.decoder_scale_up = nn.ModuleList(nn.Conv2d(ch, ch, 3, padding=1) for _ in range(scales - 1))
-        self.decoder_up = nn.ModuleList(
-            nn.Sequential(*upsample(ch, config.upsampling), residual_stack(ch, cells_above, squeeze_excitation=se))
-            for _ in range(config.downsamples))
-        self.output = nn.Sequential(nn.SiLU(), nn.Conv2d(ch, self.likelihood.num_params(in_channels), 3, padding=1))
+        self.decoder_up, self.output = latent_scale_to_image(ch, self.likelihood.num_params(in_channels),
+                                                             config.downsamples, cells_above, se, config.resampling)
         for head in [*self.prior_heads, *self.posterior_heads]:  # start at the prior N(0, I) and q = p
             nn.init.zeros_(head[1].weight), nn.init.zeros_(head[1].bias)
         self.spectral = SpectralPenalty([m for m in self.modules() if isinstance(m, nn.Conv2d)]) \
