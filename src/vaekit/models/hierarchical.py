@@ -41,7 +41,6 @@ from vaekit.nn.residual import residual_stack
 from vaekit.nn.spectral import SpectralPenalty
 from vaekit.objectives import elbo, kl_balance_alphas, kl_balance_coefficients, kl_weight
 
-
 Resampling = Literal["nearest", "strided"]
 
 
