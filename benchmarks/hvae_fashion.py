@@ -74,6 +74,8 @@ CURVE: dict[str, tuple[str, list[str]]] = {  # name -> (preset, overrides); L = 
     "single-level-vae": ("fashion-mnist-vae", []),  # the core's best single-level VAE (benchmarks section 3)
 }
 PROBE_STEPS = (100, 300)  # seconds per step = train_seconds between these steps / 200
+PROBE_EVAL = ["eval.num_images=10", "eval.num_importance_samples=2", "eval.extra_importance_samples=[]",
+              "eval.sample_quality_samples=0"]  # the evaluation every run ends with, made negligible
 
 
 def _record() -> dict:
@@ -154,7 +156,7 @@ def _seconds_per_step(name: str, preset: str, overrides: list[str]) -> float:
     out = RUNS / "curve-probe"
     _run_child(["train", "--config", preset, *overrides, f"out_dir={out}", f"name={name}", "--force", "--quiet",
                 f"train.steps={PROBE_STEPS[1]}", "train.log_every=100", "train.eval_every=1000000",
-                "train.checkpoint_every=1000000"])
+                "train.checkpoint_every=1000000", *PROBE_EVAL])
     seconds = {m["step"]: m["train_seconds"] for m in map(json.loads, (out / name / "metrics.jsonl").open())
                if m["split"] == "train"}
     return (seconds[PROBE_STEPS[1]] - seconds[PROBE_STEPS[0]]) / (PROBE_STEPS[1] - PROBE_STEPS[0])

@@ -206,6 +206,22 @@ def test_a_colour_hierarchical_vae_codes_generated_colour_images_bit_exactly(tmp
     assert torch.equal(codec.decompress(data), pixels) and unpack(data)[0].channels == 3
 
 
+def test_a_hierarchical_vae_with_a_dense_first_group_codes_digits_bit_exactly(tmp_path):
+    """HiLLoC over a dense z_1 (a vector) above spatial groups: the buckets of the vector's N(0, I) prior, then
+    those of the maps' priors given it; the 8-level digits come back bit-exactly."""
+    config = load_config("digits-hvae", [
+        f"out_dir={tmp_path}", "name=dense-top", "data.binarize=none", "model.likelihood=logistic",
+        "model.num_bins=17", *TINY_HVAE, "model.top_latent_dim=3", "model.top_hidden=8", "model.resampling=strided",
+        "train.steps=20", "train.eval_every=20", "train.checkpoint_every=20", "train.log_every=10"])
+    run = vaekit.train(config, quiet=True)
+    model = vaekit.load(run)
+    assert model.latent_shapes()[0] == (3,)
+    codec = BitsBackCodec(model, chains=2)
+    images = digits_of(run, 6)
+    expected = (images.double() * 255).round().to(torch.uint8)
+    assert torch.equal(codec.decompress(codec.compress(images)), expected)
+
+
 @pytest.mark.parametrize("damage", ["truncated", "bit flip", "payload bit flip", "forged payload", "forged count",
                                     "forged chains", "wrong model", "lossy kind"])
 def test_a_damaged_or_foreign_file_is_one_clear_error(runs, damage):
