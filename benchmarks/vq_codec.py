@@ -282,8 +282,8 @@ def vaekit_point(prior_run: Path, images: np.ndarray) -> dict:
             "stream": {"bytes": len(stream) / len(images), "psnr": psnr(images, decoded)},
             "file": {"bytes": sum(map(len, files)) / len(images), "psnr": psnr(images, decoded)},
             "prior_cross_entropy_bytes_per_image": cross_entropy / 8 / len(images),
-            "stream_total_bytes": len(stream), "stream_header_bytes": len(stream) - len(unpack(stream)[1]),
-            "file_header_bytes": len(files[0]) - len(unpack(files[0])[1]),
+            "stream_total_bytes": len(stream), "stream_header_bytes": len(stream) - len(unpack(stream).payload),
+            "file_header_bytes": len(files[0]) - len(unpack(files[0]).payload),
             "compress_images_per_second": len(images) / compress_seconds,
             "decompress_images_per_second": len(images) / decompress_seconds}
 

@@ -40,6 +40,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import vaekit
+from vaekit.coding.vq_codec import VQCodec
 from vaekit.config import (
     DataConfig,
     EvalConfig,
@@ -70,6 +71,7 @@ class Fixtures:
     prior_run: Path  # a code prior over a digits VQ-VAE: what .vqz files are decoded with
     vqz: bytes  # 3 digits compressed with prior_run
     vqz_images: np.ndarray  # (3, 8, 8) uint8: what `vaekit.decompress` gives for `vqz`
+    vqz_codes: bytes  # its code indices, int32 little endian: what its CRC covers after header and payload
     lossless: bytes  # 3 binarised digits coded losslessly (bits back) with vae_run
     lossless_images: np.ndarray  # (3, 8, 8) uint8: those digits, 0 or 255
 
@@ -101,12 +103,13 @@ def make_fixtures(folder: Path) -> Fixtures:
     np.save(digits, np.round(load_digits().images[:3] * 255 / 16).astype(np.uint8))
     compressed = vaekit.compress(prior, [digits], folder / "digits.vqz").read_bytes()
     decoded = vaekit.decompress(folder / "digits.vqz", prior, folder / "decoded")
+    codes = VQCodec(vaekit.load(prior)).decode_codes(compressed)[1].numpy().astype("<i4").tobytes()
     binary = folder / "binary.npy"
     np.save(binary, np.where(load_digits().images[:3] >= 8, 255, 0).astype(np.uint8))
     lossless = vaekit.compress(vae, [binary], folder / "binary.vqz", lossless=True).read_bytes()
     work = folder / "work"
     work.mkdir()
-    return Fixtures(work, vae, prior, compressed, np.stack([_png_pixels(path) for path in decoded]), lossless,
+    return Fixtures(work, vae, prior, compressed, np.stack([_png_pixels(path) for path in decoded]), codes, lossless,
                     np.load(binary))
 
 
@@ -906,8 +909,8 @@ def _loaded(entry: Callable[[], Any], checkpoint: Path, *, intact: bool, forged:
 
 # --- .vqz files ---------------------------------------------------------------------------------
 
-VQZ_FIELDS = ["count", "channels", "height", "width", "batch", "threads", "length"]
-LOSSLESS_FIELDS = ["count", "channels", "height", "width", "batch", "threads", "bucket_bits", "length"]
+VQZ_FIELDS = ["count", "channels", "height", "width", "layout", "length"]  # layout: threads - 1 + 1024 * batch
+LOSSLESS_FIELDS = ["count", "channels", "height", "width", "layout", "bucket_bits", "length"]
 VQZ_NUMBERS = st.one_of(st.integers(0, 20), st.sampled_from([1000, 10**5, 10**6, 10**7, 2**31, 2**40, 2**64, 2**70]))
 VQZ_EDITS = st.one_of(
     st.tuples(st.just("bytes"), MUTATIONS),
@@ -918,8 +921,8 @@ VQZ_EDITS = st.one_of(
 
 @dataclass(frozen=True)
 class VqzInput:
-    """An edit of a valid .vqz file, lossy (VQ-VAE codes) or `lossless` (bits back); `careful`: the header-and-payload
-    CRC is recomputed as a careful forger would."""
+    """An edit of a valid .vqz file, lossy (VQ-VAE codes) or `lossless` (bits back); `careful`: the CRC is recomputed
+    as a careful forger would who knows what the intact file decodes to."""
 
     edit: tuple[Any, ...]
     careful: bool
@@ -931,13 +934,12 @@ LOSSLESS_INPUTS = st.builds(VqzInput, VQZ_EDITS, st.booleans(), st.just(True))
 
 
 def vqz_fields(data: bytes) -> tuple[list[int], int] | None:
-    """The .vqz format by its definition: (the header numbers, offset of the header CRC), or None if the bytes do not
-    hold a complete header (magic VQZ or VQB, version 2, fingerprint, 7 LEB128 varints (VQB: 8, with the bucket bits),
-    two CRCs)."""
-    if data[:4] not in (b"VQZ\x02", b"VQB\x02") or len(data) < 8:
+    """The .vqz format by its definition: (the header numbers, offset of the CRC), or None if the bytes do not hold a
+    complete header (magic VZ or VB, version 3, fingerprint, 6 LEB128 varints (VB: 7, with the bucket bits), a CRC)."""
+    if data[:3] not in (b"VZ\x03", b"VB\x03") or len(data) < 7:
         return None
-    numbers, offset = [], 8
-    for _ in range(len(LOSSLESS_FIELDS) if data[:3] == b"VQB" else len(VQZ_FIELDS)):
+    numbers, offset = [], 7
+    for _ in range(len(LOSSLESS_FIELDS) if data[:2] == b"VB" else len(VQZ_FIELDS)):
         value = shift = 0
         while True:
             if offset >= len(data) or shift > 63:
@@ -947,7 +949,7 @@ def vqz_fields(data: bytes) -> tuple[list[int], int] | None:
             if not data[offset - 1] & 0x80:
                 break
         numbers.append(value)
-    return (numbers, offset) if offset + 8 <= len(data) else None
+    return (numbers, offset) if offset + 4 <= len(data) else None
 
 
 def _leb128(value: int) -> bytes:
@@ -959,22 +961,22 @@ def _leb128(value: int) -> bytes:
             return bytes(out)
 
 
-def _edited_vqz(data: bytes, edit: tuple[Any, ...], careful: bool) -> bytes:
-    """The .vqz bytes after `edit`, their CRC recomputed if `careful`."""
+def _edited_vqz(data: bytes, edit: tuple[Any, ...], careful: bool, decoded: bytes) -> bytes:
+    """The .vqz bytes after `edit`, their CRC recomputed over header, payload and `decoded` if `careful`."""
     if edit[0] == "random":
         return edit[1]
     if edit[0] == "bytes":
         data = mutate(data, edit[1])
     else:
         numbers, offset = vqz_fields(data)
-        names = LOSSLESS_FIELDS if data[:3] == b"VQB" else VQZ_FIELDS
+        names = LOSSLESS_FIELDS if data[:2] == b"VB" else VQZ_FIELDS
         for field, value in edit[1]:
             numbers[names.index(field)] = value
-        data = data[:8] + b"".join(_leb128(n) for n in numbers) + data[offset:]
+        data = data[:7] + b"".join(_leb128(n) for n in numbers) + data[offset:]
     fields = vqz_fields(data)
     if careful and fields is not None:
         offset = fields[1]
-        crc = zlib.crc32(data[offset + 8 :], zlib.crc32(data[:offset]))
+        crc = zlib.crc32(decoded, zlib.crc32(data[offset + 4 :], zlib.crc32(data[:offset])))
         data = data[:offset] + struct.pack("<I", crc) + data[offset + 4 :]
     return data
 
@@ -982,9 +984,10 @@ def _edited_vqz(data: bytes, edit: tuple[Any, ...], careful: bool) -> bytes:
 def check_vqz(case: VqzInput, fixtures: Fixtures) -> str:
     """`vaekit.decompress` gives the original images for the original bytes, refuses any change the CRC does not
     allow, and otherwise gives the images the header declares or a CodecError; `vaekit.info` describes the header."""
-    intact, originals, run = ((fixtures.lossless, fixtures.lossless_images, fixtures.vae_run) if case.lossless else
-                              (fixtures.vqz, fixtures.vqz_images, fixtures.prior_run))
-    data = _edited_vqz(intact, case.edit, case.careful)
+    intact, originals, decoded, run = (
+        (fixtures.lossless, fixtures.lossless_images, fixtures.lossless_images.tobytes(), fixtures.vae_run)
+        if case.lossless else (fixtures.vqz, fixtures.vqz_images, fixtures.vqz_codes, fixtures.prior_run))
+    data = _edited_vqz(intact, case.edit, case.careful, decoded)
     with scratch(fixtures) as folder:
         path = folder / "images.vqz"
         path.write_bytes(data)
@@ -1009,7 +1012,8 @@ def check_vqz(case: VqzInput, fixtures: Fixtures) -> str:
 
 
 def _check_vqz_info(path: Path, data: bytes, intact: bytes) -> None:
-    """`vaekit.info` of a .vqz file gives its header's numbers and whether its CRC holds, or refuses what has no header."""
+    """`vaekit.info` of a .vqz file gives its header's numbers and CRC and whether the payload's length holds, or refuses
+    what has no header."""
     fields = vqz_fields(data)
     try:
         summary = vaekit.info(path)
@@ -1022,11 +1026,13 @@ def _check_vqz_info(path: Path, data: bytes, intact: bytes) -> None:
         raise OracleViolation("info described a file without a complete header")
     numbers, offset = fields
     checksum = struct.unpack("<I", data[offset : offset + 4])[0]
-    holds = len(data) - offset - 8 == numbers[-1] and zlib.crc32(data[offset + 8 :], zlib.crc32(data[:offset])) == checksum
+    holds = len(data) - offset - 4 == numbers[-1]
+    count, layout = numbers[0], numbers[4]
     declared = [summary["count"], *summary["image_shape"], summary["batch"], summary["threads"],
-                *([summary["bucket_bits"]] if data[:3] == b"VQB" else []), summary["payload_bytes"]]
-    if declared != numbers or (summary["checksum"] == "ok") != holds or (data == intact and not holds):
-        raise OracleViolation(f"info says {summary}; the header holds {numbers}, CRC {'ok' if holds else 'damaged'}")
+                *([summary["bucket_bits"]] if data[:2] == b"VB" else []), summary["payload_bytes"], summary["crc32"]]
+    expected = [*numbers[:4], layout // 1024 or count, layout % 1024 + 1, *numbers[5:], f"{checksum:08x}"]
+    if declared != expected or summary["checksum"].startswith("length ok") != holds or (data == intact and not holds):
+        raise OracleViolation(f"info says {summary}; the header holds {numbers}, length {'ok' if holds else 'wrong'}")
 
 
 def _png_pixels(path: Path) -> np.ndarray:

@@ -94,7 +94,7 @@ def test_the_rate_is_the_negative_elbo_plus_the_initial_bits(runs, likelihood):
     codec = BitsBackCodec(model)
     latent_dims = 4 if likelihood in LIKELIHOODS else 2 * 2 * 2 + 2 * 4 * 4
     assert sum(codec.group_dims) == latent_dims
-    _, payload = unpack(codec.compress(images))
+    payload = unpack(codec.compress(images)).payload
     rate = 8 * len(payload) / len(images)
     bound = negative_elbo_bits(model, images) + 32 * initial_count(12, latent_dims) / len(images)
     assert abs(rate - bound) < 0.01 * bound, (rate, bound)
@@ -113,7 +113,7 @@ def test_more_bucket_bits_are_written_in_the_header_and_decode(runs):
     model = vaekit.load(runs["bernoulli"])
     images = digits_of(runs["bernoulli"])[:20]
     data = BitsBackCodec(model, bucket_bits=16).compress(images)
-    header, _ = unpack(data)
+    header = unpack(data).header
     assert (header.kind, header.bucket_bits, header.batch) == ("bits-back", 16, 1)
     assert torch.equal(BitsBackCodec(model).decompress(data), BitsBackCodec(model).pixels(
         BitsBackCodec(model).levels(images)))
@@ -126,10 +126,10 @@ def test_chains_in_lock_step_give_back_the_same_pixels_with_their_initial_bits_e
     model = vaekit.load(runs["logistic"])
     images = digits_of(runs["logistic"], 20)
     one, seven = BitsBackCodec(model).compress(images), BitsBackCodec(model, chains=7).compress(images)
-    assert unpack(seven)[0].batch == 7 and one != seven
+    assert unpack(seven).header.batch == 7 and one != seven
     assert torch.equal(BitsBackCodec(model).decompress(seven), BitsBackCodec(model).decompress(one))
     words = initial_count(12, 4)
-    assert 4 * words * 6 < len(unpack(seven)[1]) - len(unpack(one)[1]) < 4 * (words + 2) * 6 + 7
+    assert 4 * words * 6 < len(unpack(seven).payload) - len(unpack(one).payload) < 4 * (words + 2) * 6 + 7
     assert torch.equal(BitsBackCodec(model, chains=64).decompress(BitsBackCodec(model, chains=64).compress(images)),
                        BitsBackCodec(model).decompress(one))  # more chains than images: one image each
 
@@ -140,7 +140,7 @@ def test_the_decoder_runs_the_networks_on_the_thread_count_written_in_the_header
     model = vaekit.load(runs["hvae-logistic"])
     images = digits_of(runs["hvae-logistic"], 6)
     data = BitsBackCodec(model, threads=1).compress(images)
-    assert unpack(data)[0].threads == 1
+    assert unpack(data).header.threads == 1
     requested = []
     monkeypatch.setattr(torch, "set_num_threads", lambda count, set_threads=torch.set_num_threads: (
         requested.append(count), set_threads(count)))
@@ -203,7 +203,7 @@ def test_a_colour_hierarchical_vae_codes_generated_colour_images_bit_exactly(tmp
     codec = BitsBackCodec(vaekit.load(vaekit.train(config, quiet=True)), chains=3)
     pixels = torch.from_numpy(images[:7]).permute(0, 3, 1, 2).contiguous()
     data = codec.compress(pixels)
-    assert torch.equal(codec.decompress(data), pixels) and unpack(data)[0].channels == 3
+    assert torch.equal(codec.decompress(data), pixels) and unpack(data).header.channels == 3
 
 
 def test_a_hierarchical_vae_with_a_dense_first_group_codes_digits_bit_exactly(tmp_path):
@@ -227,7 +227,8 @@ def test_a_hierarchical_vae_with_a_dense_first_group_codes_digits_bit_exactly(tm
 def test_a_damaged_or_foreign_file_is_one_clear_error(runs, damage):
     codec = BitsBackCodec(vaekit.load(runs["bernoulli"]))
     data = codec.compress(digits_of(runs["bernoulli"])[:10])
-    header, payload = unpack(data)
+    header, payload = unpack(data).header, unpack(data).payload
+    pixels = codec.decompress(data).numpy().tobytes()  # what the CRC covers after header and payload
     if damage == "truncated":
         data = data[:-3]
     elif damage == "bit flip":
@@ -235,19 +236,19 @@ def test_a_damaged_or_foreign_file_is_one_clear_error(runs, damage):
     elif damage == "payload bit flip":
         data = data[:-5] + bytes([data[-5] ^ 1]) + data[-4:]
     elif damage == "forged payload":  # the CRC recomputed, as a forger would
-        data = pack(header, bytes(byte ^ 0x5A for byte in payload[:-4]) + payload[-4:])
+        data = pack(header, bytes(byte ^ 0x5A for byte in payload[:-4]) + payload[-4:], pixels)
     elif damage in ("forged count", "forged chains"):  # more images than the payload holds: decoding must stop,
         # not run for ever; more stacks than images
         count, chains = (10**9, 1) if damage == "forged count" else (10, 11)
         forged = Header(header.fingerprint, count, *[getattr(header, name) for name in (
             "channels", "height", "width")], chains, *[getattr(header, name) for name in (
-            "threads", "codes_crc", "kind", "bucket_bits")])
-        data = pack(forged, payload)
+            "threads", "kind", "bucket_bits")])
+        data = pack(forged, payload, pixels)
     elif damage == "wrong model":
         codec = BitsBackCodec(vaekit.load(runs["logistic"]))
     else:  # the same numbers in a lossy (VQ codes) header
         data = pack(Header(*[getattr(header, name) for name in (
-            "fingerprint", "count", "channels", "height", "width", "batch", "threads", "codes_crc")]), payload)
+            "fingerprint", "count", "channels", "height", "width", "batch", "threads")]), payload, pixels)
     with pytest.raises(CodecError) as error:
         codec.decompress(data)
     assert len(str(error.value).splitlines()) == 1
@@ -262,9 +263,10 @@ def test_a_forged_image_count_stops_at_the_initial_words_with_two_latent_dimensi
                                    "train.ema_decay=0.9"), quiet=True)  # the fuzzing's VAE
     codec = BitsBackCodec(vaekit.load(run))
     binary = torch.from_numpy(np.where(load_digits().images[:3] >= 8, 255, 0).astype(np.uint8))[:, None]
-    header, payload = unpack(codec.compress(binary))
+    unpacked = unpack(codec.compress(binary))
+    header, payload = unpacked.header, unpacked.payload
     forged = Header(header.fingerprint, 10**7, header.channels, header.height, header.width, header.batch,
-                    header.threads, header.codes_crc, header.kind, header.bucket_bits)
+                    header.threads, header.kind, header.bucket_bits)
     steps = []
     decode_step = BitsBackCodec._decode_step
 
@@ -275,7 +277,7 @@ def test_a_forged_image_count_stops_at_the_initial_words_with_two_latent_dimensi
 
     monkeypatch.setattr(BitsBackCodec, "_decode_step", counted)
     with pytest.raises(CodecError, match="damaged"):
-        codec.decompress(pack(forged, payload))
+        codec.decompress(pack(forged, payload, binary.numpy().tobytes()))
     assert len(steps) <= 10  # the 3 images and a few decoded from the drained stack, then the guard
 
 

@@ -49,6 +49,21 @@ def test_varints_round_trip_and_are_short():
     assert len(encode_varint(127)) == 1 and len(encode_varint(128)) == 2
 
 
+def test_the_header_packs_batch_and_threads_into_one_number_and_takes_17_bytes_for_one_small_image():
+    """count, channels, height, width, layout (threads - 1 + 1024 x batch, batch 0 = all images), payload length: one
+    byte each for one image, after magic and version (3), fingerprint (4); then the CRC (4)."""
+    for batch, count, threads, layout_bytes in [(1, 1, 2, 1), (5, 5, 1, 1), (256, 1000, 2, 3), (4096, 10**6, 1024, 4)]:
+        header = Header(b"\x01\x02\x03\x04", count, 1, 28, 28, batch, threads)
+        data = pack(header, b"\x00" * 40, b"codes")
+        unpacked = unpack(data)
+        assert unpacked.header == header and unpacked.payload == b"\x00" * 40
+        assert unpacked.matches(b"codes") and not unpacked.matches(b"codeS")
+        assert len(data) - 40 == 2 + 1 + 4 + len(encode_varint(count)) + 3 + layout_bytes + 1 + 4
+    assert len(pack(Header(b"\x00" * 4, 1, 1, 28, 28, 1, 2), b"\x00" * 30, b"")) - 30 == 17
+    with pytest.raises(ValueError, match="threads=1025"):
+        pack(Header(b"\x00" * 4, 1, 1, 28, 28, 1, 1025), b"", b"")
+
+
 def test_a_round_trip_gives_back_the_codes_exactly_and_their_decoded_images(runs, test_digits):
     codec = VQCodec(vaekit.load(runs[1]))
     data = codec.compress(test_digits)
@@ -82,8 +97,13 @@ def test_images_smaller_than_the_model_are_padded_and_cropped_back(runs, test_di
         codec.compress(torch.zeros(1, 3, 8, 8))
 
 
+def code_bytes(codec: VQCodec, data: bytes) -> bytes:
+    """What a file's CRC covers after its header and payload: its code indices as int32 little endian."""
+    return codec.decode_codes(data)[1].numpy().astype("<i4").tobytes()
+
+
 @pytest.mark.parametrize("damage", ["truncated", "flipped", "magic", "header_cut", "extra", "empty", "count",
-                                    "batch"])
+                                    "layout"])
 def test_a_damaged_file_is_one_clear_error_never_images(runs, test_digits, damage):
     codec = VQCodec(vaekit.load(runs[1]))
     data = bytearray(codec.compress(test_digits[:5]))
@@ -97,8 +117,8 @@ def test_a_damaged_file_is_one_clear_error_never_images(runs, test_digits, damag
         data = data[:9]
     elif damage == "empty":
         data = bytearray()
-    elif damage in ("count", "batch"):  # a header number changed: 5 images -> 6, batch 5 -> 6
-        data[8 if damage == "count" else 12] += 1
+    elif damage in ("count", "layout"):  # a header number changed: 5 images -> 6, threads 1 -> 2 or 2 -> 3
+        data[7 if damage == "count" else 11] += 1
     else:
         data += b"\x00"
     with pytest.raises(CodecError):
@@ -165,15 +185,15 @@ def test_a_forged_file_whose_crc_holds_is_still_one_codec_error(runs, test_digit
     ending in constriction's AssertionError after seconds of decoding, or decoding zeros past the payload's end for
     hours (10^7 images in batches of 5)."""
     codec = VQCodec(vaekit.load(runs[1]))
-    header, payload = unpack(codec.compress(test_digits[:5]))
+    data = codec.compress(test_digits[:5])
+    header, payload = unpack(data).header, unpack(data).payload
     if forgery == "payload":
         payload = bytes(byte ^ 0xFF for byte in payload)
     else:
         count, batch = {"count": (2**40, 1), "batch": (10**6, 10**6), "images": (10**7, 5)}[forgery]
-        header = Header(header.fingerprint, count, header.channels, header.height, header.width, batch, header.threads,
-                        header.codes_crc)
+        header = Header(header.fingerprint, count, header.channels, header.height, header.width, batch, header.threads)
     with pytest.raises(CodecError, match="is damaged"):
-        codec.decompress(pack(header, payload))
+        codec.decompress(pack(header, payload, code_bytes(codec, data)))
 
 
 def test_a_forged_thread_count_runs_torch_on_at_most_one_thread_per_cpu(runs, test_digits, monkeypatch):
@@ -182,14 +202,13 @@ def test_a_forged_thread_count_runs_torch_on_at_most_one_thread_per_cpu(runs, te
 
     codec = VQCodec(vaekit.load(runs[1]))
     data = codec.compress(test_digits[:5])
-    header, payload = unpack(data)
-    forged = Header(header.fingerprint, header.count, header.channels, header.height, header.width, header.batch,
-                    1000, header.codes_crc)
+    header, payload = unpack(data).header, unpack(data).payload
+    forged = Header(header.fingerprint, header.count, header.channels, header.height, header.width, header.batch, 1000)
     requested = []
     monkeypatch.setattr(torch, "set_num_threads", lambda count, set_threads=torch.set_num_threads: (
         requested.append(count), set_threads(count)))
     try:
-        images = codec.decompress(pack(forged, payload))
+        images = codec.decompress(pack(forged, payload, code_bytes(codec, data)))
         assert torch.equal(images, codec.decompress(data))
     except CodecError as error:
         assert "it needs the 1000 torch threads it was written with" in str(error)
@@ -214,16 +233,16 @@ def test_info_describes_a_vqz_file_from_its_header_without_building_a_model(runs
     monkeypatch.setattr("vaekit.api.find_checkpoint", no_model)
     assert main(["info", str(path)]) == 0
     info = json.loads(capsys.readouterr().out)
-    expected = {"format": "vqz", "version": 2, "count": 5, "image_shape": [1, 8, 8], "batch": 4, "threads": 1,
-                "checksum": "ok"}
+    expected = {"format": "vqz", "version": 3, "count": 5, "image_shape": [1, 8, 8], "batch": 4, "threads": 1,
+                "checksum": "length ok (the CRC-32 is checked by decompressing)", "crc32": data[14:18][::-1].hex()}
     assert {key: info[key] for key in expected} == expected
-    assert info["payload_bytes"] == len(data) - 23  # magic, version, fingerprint: 8 bytes; 7 one-byte numbers; 2 CRCs
-    assert bytes.fromhex(info["fingerprint"]) == data[4:8]
+    # magic and version 3 bytes, fingerprint 4, count, channels, height, width 1 each, layout 2 (0 + 1024 x 4),
+    # payload length 1, CRC 4
+    assert info["payload_bytes"] == len(data) - 18
+    assert bytes.fromhex(info["fingerprint"]) == data[3:7]
     path.write_bytes(data[:-1])
-    payload = len(data) - 23
+    payload = len(data) - 18
     assert vaekit.info(path)["checksum"] == f"damaged: the payload holds {payload - 1} bytes, the header says {payload}"
-    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
-    assert vaekit.info(path)["checksum"] == "damaged: the CRC-32 of header and payload does not match"
     path.write_bytes(b"PNG" + data[3:])
     assert main(["info", str(path)]) == 2
     assert "is not a .vqz file" in capsys.readouterr().err

@@ -77,7 +77,7 @@ for name, run in trained.items():
     rates[kind][label] = len(data) / len(pixels)
     bounds[kind][label] = float(negative_elbo(model, test).mean()) / math.log(2) / 8
     initial = 4 * initial_count(codec.bucket_bits, sum(codec.group_dims)) / len(pixels)
-    header = (len(data) - len(unpack(data)[1])) / len(pixels)
+    header = (len(data) - len(unpack(data).payload)) / len(pixels)
     print(f"{name}: {len(pixels)} test digits -> {len(data)} bytes = {rates[kind][label]:.2f} per image; "
           f"-ELBO {bounds[kind][label]:.2f} + initial bits {initial:.2f} + header {header:.2f}")
     if kind == "binary" and not any("PNG" in codec_name for codec_name in rates["binary"]):

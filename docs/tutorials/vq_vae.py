@@ -63,7 +63,7 @@ def psnr(reference: np.ndarray, decoded: np.ndarray) -> float:
 
 
 count = len(pixels)
-payload = len(unpack(stream)[1])
+payload = len(unpack(stream).payload)
 print(f"{count} test digits -> {len(stream)} bytes ({len(stream) / count:.1f} per image, header "
       f"{len(stream) - payload} bytes), PSNR {psnr(pixels, decoded):.2f} dB")
 print(f"without a prior: {16 * 6 / 8:.1f} bytes per image; the prior's cross-entropy: {cross_entropy / 8:.2f}")

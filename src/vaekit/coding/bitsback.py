@@ -34,15 +34,22 @@ from __future__ import annotations
 import hashlib
 import itertools
 import math
-import zlib
 
 import constriction
 import numpy as np
 import torch
 from torch import Tensor
 
-from vaekit.coding.container import MAX_BATCH, Header, decode_varint, encode_varint, pack, unpack
-from vaekit.coding.vq_codec import MAX_THREADS, torch_threads, usable_threads
+from vaekit.coding.container import (
+    MAX_BATCH,
+    MAX_THREADS,
+    Header,
+    decode_varint,
+    encode_varint,
+    pack,
+    unpack,
+)
+from vaekit.coding.vq_codec import torch_threads, usable_threads
 from vaekit.distributions import DiagonalGaussian, kl_divergence, sum_except_batch
 from vaekit.errors import CapabilityError, CodecError, ConfigError, DataError
 from vaekit.likelihoods import ImageDistribution
@@ -310,8 +317,8 @@ class BitsBackCodec:
                 count *= 2
         payload = b"".join(encode_varint(n) for n in [count, *map(len, stacks)]) + b"".join(w.tobytes() for w in stacks)
         header = Header(self.fingerprint(self.bucket_bits), len(images), *self.image_shape, chains, self.threads,
-                        zlib.crc32(self.pixels(levels).numpy().tobytes()), "bits-back", self.bucket_bits)
-        return pack(header, payload)
+                        "bits-back", self.bucket_bits)
+        return pack(header, payload, self.pixels(levels).numpy().tobytes())
 
     def _encode(self, levels: Tensor, buckets: PriorBuckets, chains: int, initial: np.ndarray) -> list[np.ndarray] | None:
         """The stacks' words after coding every image, or None when one ran shorter than the initial words less one."""
@@ -357,7 +364,8 @@ class BitsBackCodec:
     @torch.inference_mode()
     def decompress(self, data: bytes, source: str = "file") -> Tensor:
         """The images of a lossless .vqz file, uint8 (N, C, H, W), checked against its fingerprint and CRCs."""
-        header, payload = unpack(data, source)
+        unpacked = unpack(data, source)
+        header, payload = unpacked.header, unpacked.payload
         self._check_header(header, source)
         chains = header.batch
         coders, initial = self._stacks(payload, chains, source)
@@ -374,8 +382,8 @@ class BitsBackCodec:
         except (AssertionError, ValueError):  # constriction's words for bits its coder cannot have written
             raise CodecError(f"{source} is damaged: its payload does not decode") from None
         pixels = self.pixels(torch.cat(decoded[::-1]))
-        if not all(np.array_equal(coder.get_compressed(), initial) for coder in coders) or zlib.crc32(
-                pixels.numpy().tobytes()) != header.codes_crc:
+        if not all(np.array_equal(coder.get_compressed(), initial) for coder in coders) or not unpacked.matches(
+                pixels.numpy().tobytes()):
             fewer = usable_threads(header.threads) < header.threads
             raise CodecError(damaged + (f" (or it needs the {header.threads} torch threads it was written with; "
                                         f"this machine has {usable_threads(header.threads)} CPUs)" if fewer else ""))

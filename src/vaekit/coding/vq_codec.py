@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import zlib
 from collections.abc import Callable, Iterator
 
 import constriction
@@ -30,19 +29,23 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vaekit.coding.container import MAX_BATCH, Header, pack, unpack
+from vaekit.coding.container import MAX_BATCH, MAX_THREADS, Header, pack, unpack
 from vaekit.errors import CapabilityError, CodecError, DataError
 from vaekit.models.base import GenerativeModel
 from vaekit.models.code_prior import CodePrior
 
 CODER_SETTINGS = b"range;categorical-leaky;softmax-f64;cached-step;v2"
-MAX_THREADS = 1024
 # The words of the range coder's state: what sealing a stream may add to the words it has emitted. The codes decoded
 # so far, coded again with the same probabilities, never take more words than the payload plus these; the decoder of
 # a header declaring more images than its payload holds goes on decoding zeros past its end, which this catches.
 CODER_STATE_WORDS = 2
 
 CodeStep = Callable[[int, np.ndarray], np.ndarray]  # (position, probabilities (B, K)) -> symbols (B,) int32
+
+
+def _code_bytes(codes: Tensor) -> bytes:
+    """Code indices (N, P) as the CRC sees them: int32 little endian, image by image, raster order."""
+    return codes.numpy().astype("<i4").tobytes()
 
 
 def usable_threads(count: int) -> int:
@@ -135,8 +138,8 @@ class VQCodec:
                 self._walk(len(known), encode)
         payload = encoder.get_compressed().astype("<u4").tobytes()
         header = Header(self._fingerprint, len(images), images.shape[1], images.shape[2], images.shape[3],
-                        batch, self.threads, zlib.crc32(codes.numpy().astype("<i4").tobytes()))
-        return pack(header, payload)
+                        batch, self.threads)
+        return pack(header, payload, _code_bytes(codes))
 
     def _check_header(self, header: Header, source: str) -> None:
         """The header's numbers are ones this run can decode."""
@@ -154,7 +157,8 @@ class VQCodec:
     @torch.inference_mode()
     def decode_codes(self, data: bytes, source: str = "file") -> tuple[Header, Tensor]:
         """(header, code grids (N, H', W')) of a .vqz file, checked against its fingerprint and CRCs."""
-        header, payload = unpack(data, source)
+        unpacked = unpack(data, source)
+        header, payload = unpacked.header, unpacked.payload
         self._check_header(header, source)
         if len(payload) % 4:
             raise CodecError(f"{source} is damaged: its payload is not a whole number of 32-bit words")
@@ -178,7 +182,7 @@ class VQCodec:
             for start in range(0, header.count, header.batch):
                 chunks.append(self._walk(min(header.batch, header.count - start), decode))
         codes = torch.cat(chunks)
-        if not decoder.maybe_exhausted() or zlib.crc32(codes.numpy().astype("<i4").tobytes()) != header.codes_crc:
+        if not decoder.maybe_exhausted() or not unpacked.matches(_code_bytes(codes)):
             fewer = usable_threads(header.threads) < header.threads
             raise CodecError(f"{source} is damaged: its decoded codes fail the header's check" + (
                 f" (or it needs the {header.threads} torch threads it was written with; this machine has "
