@@ -167,9 +167,10 @@ class CausalSelfAttention(nn.Module):
         (2, B, heads, P, W / heads) filled up to `position` and extended by it -> (B, 1, W)."""
         q, k, v = self._split(hidden)
         cache[0, :, :, position], cache[1, :, :, position] = k[:, :, 0], v[:, :, 0]
-        keys, values = cache[0, :, :, : position + 1], cache[1, :, :, : position + 1]
-        attended = F.scaled_dot_product_attention(q, keys, values)  # (B, heads, 1, W / heads)
-        return self.out(attended.transpose(1, 2).flatten(2))
+        keys, values = cache[0, :, :, : position + 1], cache[1, :, :, : position + 1]  # (B, heads, t, W / heads)
+        weights = (q @ keys.transpose(-1, -2) * q.shape[-1] ** -0.5).float().softmax(-1)  # (B, heads, 1, t)
+        attended = weights.to(values.dtype) @ values  # (B, heads, 1, W / heads); for one query on a CPU batched
+        return self.out(attended.transpose(1, 2).flatten(2))  # products are faster than SDPA's flash kernel
 
 
 def dropped(values: Tensor, uniform: Tensor | None, rate: float) -> Tensor:
