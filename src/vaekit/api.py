@@ -31,7 +31,8 @@ def train(
 
 def info(path: str | Path) -> dict[str, Any]:
     """What a run directory or checkpoint holds (model, step, parameter count, files, versions), or what a .vqz file's
-    header says (count, image shape, batch, threads, payload length, whether its CRC holds; no model is built)."""
+    header says (count, image shape, batch, threads, payload length and whether the file holds it, its CRC; no model
+    is built, so the CRC, which covers the decoded codes, is checked by decompressing)."""
     if Path(path).is_file():
         from vaekit.coding.container import describe
 

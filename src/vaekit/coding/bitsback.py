@@ -21,7 +21,7 @@ Initial bits: the first image's pops need bits on the stack. Each stack starts f
 words (SHAKE-256 of a fixed string), n = ceil(b D / 32) + 2 for D latent dimensions (a pop of a dimension takes b bits
 on average; more when the encoder finds a stack too short, and n is in the payload). They stay at the bottom of the
 stack, so the payload carries them and every rate counts them. Decoding must end on exactly these words, a check
-beside the CRC of the pixels.
+beside the CRC over the pixels.
 
 B chains (stacks) run in lock-step: image n goes on stack n mod B, and each step evaluates the networks on one image
 of each stack in one batch. Both directions evaluate them in the same batches (B images, the last step fewer), in
@@ -363,7 +363,7 @@ class BitsBackCodec:
 
     @torch.inference_mode()
     def decompress(self, data: bytes, source: str = "file") -> Tensor:
-        """The images of a lossless .vqz file, uint8 (N, C, H, W), checked against its fingerprint and CRCs."""
+        """The images of a lossless .vqz file, uint8 (N, C, H, W), checked against its fingerprint and CRC."""
         unpacked = unpack(data, source)
         header, payload = unpacked.header, unpacked.payload
         self._check_header(header, source)

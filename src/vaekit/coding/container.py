@@ -10,8 +10,9 @@ Layout (all integers unsigned LEB128 varints unless stated):
   payload decodes to (the code indices, or the uint8 pixels of a lossless file) | payload.
   17 bytes before the payload for one 28x28 image.
 The entropy coder itself cannot tell a damaged stream from a good one (constriction decodes any
-bits), so the payload length, the CRC and an empty coder after the last symbol (a bits-back file: its
-stacks back at their initial words) are what catch a truncated file, flipped bits or another model.
+bits), so the payload length, the CRC and an empty coder after the last symbol (a lossy file's range
+decoder unless its last word was trimmed, vq_codec.py; a bits-back file's stacks back at their
+initial words) are what catch a truncated file, flipped bits or another model.
 The CRC covers the decoded symbols as well as the bytes, so a file is checked only by decoding it;
 without a model only its length can be checked (`describe`).
 """
