@@ -63,6 +63,12 @@ CANDIDATES: dict[str, list[str]] = {  # run name -> overrides of GOAL1_PRESET
     # the preset's 5000 steps with a wider dense layer (as the VAE's 512), and with 64 numbers in the dense group
     "th512-5000": ["model.top_hidden=512"],
     "th512-top64-5000": ["model.top_hidden=512", "model.top_latent_dim=64"],
+    # fewer groups, more steps (the curve: each 7x7 group costs ~0.02 s per step): the steps of 10 minutes at the
+    # curve's probe paces (0.048 and 0.072 s)
+    "dense+1-12000": ["model.groups_per_scale=[1]", "train.steps=12000", "model.kl_warmup_steps=1200",
+                      "train.eval_every=12000"],
+    "dense+2-8300": ["model.groups_per_scale=[2]", "train.steps=8300", "model.kl_warmup_steps=830",
+                     "train.eval_every=8300"],
 }
 
 CURVE_BUDGET_SECONDS = 600.0  # equal wall clock: each configuration's steps are sized to this many train_seconds
