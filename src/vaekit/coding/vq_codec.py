@@ -43,7 +43,7 @@ CODER_SETTINGS = b"range;categorical-leaky;softmax-f64;cached-step;bf16-weights;
 CODER_STATE_WORDS = 2
 
 CodeStep = Callable[[int, np.ndarray], np.ndarray]  # (position, probabilities (B, K)) -> symbols (B,) int32
-TRIM_LIMIT = 1 << 21  # probabilities (float64) kept to check a trimmed last word: files of up to ~80 28x28 images
+TRIM_LIMIT = 1 << 21  # probabilities (float64) kept to check a trimmed last word: ~80 images of 7x7 codes, K=512
 FAMILY = constriction.stream.model.Categorical(perfect=False)  # probabilities quantised to integers, none zero
 
 
