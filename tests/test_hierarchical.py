@@ -189,6 +189,26 @@ def test_power_iteration_finds_the_largest_singular_value():
     torch.testing.assert_close(penalty().detach(), expected, rtol=1e-4, atol=1e-6)
 
 
+def test_spectral_term_covers_every_convolution_and_the_dense_group_but_not_the_gates():
+    """Transposed convolutions (model.resampling=strided) and the dense group's linear layers are penalised; the
+    squeeze-excitation gates' linear layers are not; the term is the sum of u^T W v over exactly those layers."""
+    config = TINY_DENSE_TOP.model_copy(update={"spectral_regularisation": 0.1, "downsamples": 2, "image_shape": (1, 8, 8),
+                                               "cells_per_resolution": 1})
+    model = HierarchicalVAE(config)
+    covered = {id(layer) for layer in model.spectral.layers}
+    transposed = [m for m in model.modules() if isinstance(m, nn.ConvTranspose2d)]
+    dense = [m for m in model.dense_top.modules() if isinstance(m, nn.Linear)]
+    gates = [m for name, m in model.named_modules() if isinstance(m, nn.Linear) and ".gate." in name]
+    assert transposed and len(dense) == 4 and gates
+    assert all(id(m) in covered for m in [*transposed, *dense])
+    assert not any(id(m) in covered for m in gates)
+    assert covered == {id(m) for m in model.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)} | {
+        id(m) for m in dense}
+    by_hand = sum(getattr(model.spectral, f"u{i}") @ layer.weight.flatten(1) @ getattr(model.spectral, f"v{i}")
+                  for i, layer in enumerate(model.spectral.layers))
+    torch.testing.assert_close(model.spectral(), by_hand)
+
+
 def test_sampling_temperature_per_group(three_groups):
     model = three_groups.float()
     at_zero_noise = model.sample(3, torch.Generator().manual_seed(0), temperature=[1e-6, 1e-6, 1e-6])

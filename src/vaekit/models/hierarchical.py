@@ -201,8 +201,13 @@ class HierarchicalVAE(GenerativeModel):
                                                              config.downsamples, cells_above, se, config.resampling)
         for head in [*self.prior_heads, *self.posterior_heads]:  # start at the prior N(0, I) and q = p
             nn.init.zeros_(head[1].weight), nn.init.zeros_(head[1].bias)
-        self.spectral = SpectralPenalty([m for m in self.modules() if isinstance(m, nn.Conv2d)]) \
-            if config.spectral_regularisation > 0 else None
+        self.spectral = SpectralPenalty(self.spectral_layers()) if config.spectral_regularisation > 0 else None
+
+    def spectral_layers(self) -> list[nn.Conv2d | nn.ConvTranspose2d | nn.Linear]:
+        """The layers the spectral term covers: every convolution (transposed ones too) and the dense group's
+        linear layers; not the squeeze-excitation gates (NVAE's penalty covers its convolutions only)."""
+        dense = [] if self.dense_top is None else [m for m in self.dense_top.modules() if isinstance(m, nn.Linear)]
+        return [m for m in self.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)] + dense
 
     # -- the two towers -------------------------------------------------------------------------
 

@@ -13,9 +13,11 @@ from torch import Tensor, nn
 
 
 class SpectralPenalty(nn.Module):
-    """sum_W sigma_max(W) over the given conv and linear layers, sigma = u^T W v with power-iteration u, v."""
+    """sum_W sigma_max(W) over the given conv and linear layers, sigma = u^T W v with power-iteration u, v; a kernel
+    is the matrix (its first dimension, the rest): (out, in * k * k), for a transposed convolution (in, out * k * k)."""
 
-    def __init__(self, layers: list[nn.Conv2d | nn.Linear], generator: torch.Generator | None = None) -> None:
+    def __init__(self, layers: list[nn.Conv2d | nn.ConvTranspose2d | nn.Linear],
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.layers = layers  # a plain list: the layers belong to the model, not to this module
         for index, layer in enumerate(layers):
@@ -27,7 +29,7 @@ class SpectralPenalty(nn.Module):
         """sum of u^T W v over layers: differentiable in W, the vectors held fixed."""
         total = torch.zeros((), device=self.u0.device)
         for index, layer in enumerate(self.layers):
-            matrix = layer.weight.flatten(1)  # (out, in * k * k)
+            matrix = layer.weight.flatten(1)  # (out, in * k * k); transposed: (in, out * k * k)
             total = total + getattr(self, f"u{index}") @ matrix @ getattr(self, f"v{index}")
         return total
 
