@@ -22,8 +22,9 @@ the load average. Output: benchmarks/results/vq_quantiser_speed.json.
 
 Stage `rd` (reference environment): the first 1000 Fashion-MNIST test images (uint8), PSNR =
 10 log10(255^2 / MSE) over all pixels of the set, decoded images as uint8. vaekit: each trained
-operating point through `VQCodec`, the 1000 images as one .vqz stream and each image as its own
-.vqz file. The others at every quality 0-100 in steps of 5: Pillow's JPEG (optimize), WebP
+VQ-VAE and prior through `VQCodec` at each rate weight of `RATE_WEIGHTS` (the encoder's
+entropy-constrained choice of codes; 0: the nearest codes), the 1000 images as one .vqz stream and
+each image as its own .vqz file. The others at every quality 0-100 in steps of 5: Pillow's JPEG (optimize), WebP
 (method 6) and AVIF (speed 0), imagecodecs' JPEG XL (effort 9, distances 0.5-25); one file per
 image (headers included), and as a stream: the smaller of the files with their container headers
 stripped (JPEG: the entropy-coded segment; WebP: the RIFF and chunk headers; AVIF: the mdat
@@ -266,33 +267,54 @@ QUALITIES = {"JPEG": range(0, 101, 5), "WEBP": range(0, 101, 5), "AVIF": range(0
              "JXL": (25.0, 15.0, 10.0, 8.0, 6.0, 4.0, 3.0, 2.0, 1.5, 1.0, 0.5)}
 
 
-def vaekit_point(prior_run: Path, images: np.ndarray) -> dict:
-    """One operating point: stream and per-file bytes, PSNR, the prior's test cross-entropy, speed."""
+# lambda of the encoder's entropy-constrained choice of codes (VQCodec's rate_weight), in units of the mean squared
+# distance from the encoder vectors of the first 1000 training images to their nearest codes, per nat: one VQ-VAE and
+# prior give an operating point per value
+RATE_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
+
+
+def mean_nearest_distance(codec) -> float:
+    """Mean of min_k ||z_e - e_k||^2 over the encoder vectors of the first 1000 training images."""
+    with torch.inference_mode():
+        vectors = codec.vq.latent_vectors(fashion_split("train", 1000))
+        return torch.cdist(vectors.double(), codec.vq.quantizer.codebook.double()).pow(2).amin(-1).mean().item()
+
+
+def vaekit_points(prior_run: Path, images: np.ndarray) -> list[dict]:
+    """One operating point per rate weight: stream and per-file bytes, PSNR, the prior's cross-entropy of the codes
+    coded, speed."""
     from vaekit.coding.container import unpack
     from vaekit.coding.vq_codec import VQCodec
 
-    codec = VQCodec(vaekit.load(prior_run))
+    model = vaekit.load(prior_run)
+    scale = mean_nearest_distance(VQCodec(model))
     pixels = torch.from_numpy(images).float().div(255)[:, None]
-    codec.decompress(codec.compress(pixels[:8]))  # first calls (allocations, kernels) outside the timing
-    start = time.perf_counter()
-    stream = codec.compress(pixels)
-    compress_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    decoded = codec.decompress(stream)[:, 0].numpy()
-    decompress_seconds = time.perf_counter() - start
-    files = [codec.compress(pixels[i: i + 1]) for i in range(len(images))]
-    with torch.inference_mode():
-        codes = codec.vq.latent_codes(pixels)
-        cross_entropy = -codec.model.prior.log_prob(codes).sum().item() / np.log(2)  # bits for the whole set
-    return {"run": str(prior_run.relative_to(ROOT)), "grid": list(codec.grid),
-            "num_codes": codec.model.config.codes.num_symbols, "psnr": psnr(images, decoded),
+    points = []
+    for factor in RATE_WEIGHTS:
+        codec = VQCodec(model, rate_weight=factor * scale)
+        codec.decompress(codec.compress(pixels[:8]))  # first calls (allocations, kernels) outside the timing
+        start = time.perf_counter()
+        stream = codec.compress(pixels)
+        compress_seconds = time.perf_counter() - start
+        start = time.perf_counter()
+        decoded = codec.decompress(stream)[:, 0].numpy()
+        decompress_seconds = time.perf_counter() - start
+        files = [codec.compress(pixels[i: i + 1]) for i in range(len(images))]
+        with torch.inference_mode():
+            codes = codec.decode_codes(stream)[1]  # the codes the stream holds (the nearest ones at weight 0)
+            cross_entropy = -codec.model.prior.log_prob(codes).sum().item() / np.log(2)  # bits for the whole set
+        points.append({
+            "run": str(prior_run.relative_to(ROOT)), "grid": list(codec.grid),
+            "num_codes": codec.model.config.codes.num_symbols, "rate_weight_factor": factor,
+            "rate_weight": factor * scale, "psnr": psnr(images, decoded),
             "stream": {"bytes": len(stream) / len(images), "psnr": psnr(images, decoded)},
             "file": {"bytes": sum(map(len, files)) / len(images), "psnr": psnr(images, decoded)},
             "prior_cross_entropy_bytes_per_image": cross_entropy / 8 / len(images),
             "stream_total_bytes": len(stream), "stream_header_bytes": len(stream) - len(unpack(stream).payload),
             "file_header_bytes": len(files[0]) - len(unpack(files[0]).payload),
             "compress_images_per_second": len(images) / compress_seconds,
-            "decompress_images_per_second": len(images) / decompress_seconds}
+            "decompress_images_per_second": len(images) / decompress_seconds})
+    return points
 
 
 def compare(ours: list[dict], curves: dict[str, list[dict]]) -> dict:
@@ -355,8 +377,8 @@ def stage_rd(out: Path, formats: tuple[str, ...] = tuple(QUALITIES)) -> None:
         if fmt not in record.get("classical", {}):
             record.setdefault("classical", {})[fmt] = [classical_point(fmt, q, images) for q in qualities]
             atomic_write_json(out, record)
-    record["vaekit"] = [vaekit_point(RUNS / f"{point}-prior", images) for point in OPERATING_POINTS
-                        if (RUNS / f"{point}-prior" / "checkpoints").is_dir()]
+    record["vaekit"] = [point for name in OPERATING_POINTS if (RUNS / f"{name}-prior" / "checkpoints").is_dir()
+                        for point in vaekit_points(RUNS / f"{name}-prior", images)]
     for fmt, points in record["classical"].items():
         record.setdefault("comparison", {})[fmt] = {
             "file": compare([p["file"] for p in record["vaekit"]], {"file": [p["file"] for p in points]}),

@@ -309,6 +309,9 @@ def test_the_cli_compresses_losslessly_and_decompresses_either_kind(runs, tmp_pa
                  "-o", str(tmp_path / "g.vqz")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("vaekit: error:") and "discrete likelihood" in err and len(err.strip().splitlines()) == 1
+    assert main(["compress", "--lossless", "--rate-weight", "1", run, str(tmp_path / "digits.npy"),
+                 "-o", str(tmp_path / "r.vqz")]) == 2
+    assert "rate_weight" in capsys.readouterr().err and not (tmp_path / "r.vqz").exists()
     out.write_bytes(out.read_bytes()[:-1])
     assert main(["decompress", str(out), "--run", run, "-o", str(tmp_path / "again")]) == 2
     assert "truncated" in capsys.readouterr().err and not (tmp_path / "again").exists()

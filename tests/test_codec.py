@@ -16,7 +16,7 @@ from vaekit.coding.container import Header, decode_varint, encode_varint, pack, 
 from vaekit.coding.vq_codec import FAMILY, VQCodec, payload_words, sealed
 from vaekit.config import load_config
 from vaekit.data import load_data
-from vaekit.errors import CapabilityError, CodecError, DataError
+from vaekit.errors import CapabilityError, CodecError, ConfigError, DataError
 
 VQ = ("model={name: vqvae, channels: 16, downsamples: 1, residual_cells: 1, num_codes: 16, code_dim: 4}")
 
@@ -112,6 +112,50 @@ def test_a_round_trip_gives_back_the_codes_exactly_and_their_decoded_images(runs
     assert len(data) < 0.9 * uniform_bytes + 20  # the prior saves bits; the header is ~20 bytes
 
 
+def _probabilities_along(codec: VQCodec, codes: torch.Tensor) -> torch.Tensor:
+    """The prior's p(c_i | c_<i) (N, P, K) along given code grids (N, P), from the codec's own walk."""
+    seen = []
+
+    def replay(position: int, probabilities: np.ndarray) -> np.ndarray:
+        seen.append(torch.from_numpy(probabilities))
+        return codes[:, position].numpy().astype(np.int32)
+
+    codec._walk(len(codes), replay)
+    return torch.stack(seen, 1)
+
+
+def test_a_rate_weight_trades_quality_for_bits_and_the_plain_codec_decodes_it(runs, test_digits):
+    """Entropy-constrained choice: each code minimises ||z_e - e_k||^2 - lambda ln p(k | c_<i) (checked by brute
+    force over the codebook along the chosen grid); the payload shrinks and the error grows with lambda; a huge
+    lambda codes every image as one grid, the prior's most likely one; decoding needs no lambda."""
+    model = vaekit.load(runs[1])
+    plain = VQCodec(model)
+    with torch.inference_mode():
+        vectors = plain.vq.latent_vectors(test_digits)  # (30, P, D)
+        codebook = plain.vq.quantizer.codebook
+        nearest_distance = torch.cdist(vectors.double(), codebook.double()).pow(2).amin(-1).mean().item()
+    weights = (0.0, nearest_distance, 1e6)  # lambda in squared distance per nat
+    sizes, errors, grids = [], [], []
+    for weight in weights:
+        data = VQCodec(model, rate_weight=weight).compress(test_digits)
+        _, codes = plain.decode_codes(data)
+        images = plain.decompress(data).float() / 255
+        sizes.append(len(unpack(data).payload))
+        errors.append(float((images - test_digits).pow(2).mean()))
+        grids.append(codes.flatten(1))
+    assert sizes[0] > sizes[1] > sizes[2], sizes
+    assert errors[0] < errors[1] < errors[2], errors
+    assert (grids[2] == grids[2][0]).all()  # every image the same grid
+    with torch.inference_mode():
+        assert torch.equal(grids[0], plain.vq.latent_codes(test_digits).flatten(1))
+        probabilities = _probabilities_along(plain, grids[1])  # (30, P, K)
+    distances = (vectors.double()[:, :, None, :] - codebook.double()).pow(2).sum(-1)  # (30, P, K)
+    best = (distances - weights[1] * probabilities.log()).argmin(-1)
+    assert torch.equal(best, grids[1]) and not torch.equal(grids[1], grids[0])
+    with pytest.raises(ConfigError, match="rate_weight"):
+        VQCodec(model, rate_weight=-1.0)
+
+
 def test_each_image_of_a_set_decodes_as_if_compressed_alone(runs, test_digits):
     codec = VQCodec(vaekit.load(runs[1]))
     together = codec.decompress(codec.compress(test_digits))
@@ -199,6 +243,13 @@ def test_the_cli_compresses_a_folder_and_an_array_and_decompresses_to_pngs(runs,
         Image.fromarray(image).save(folder / f"{index}.png")
     out = tmp_path / "digits.vqz"
     assert main(["compress", str(runs[1]), str(tmp_path / "digits.npy"), str(folder), "-o", str(out)]) == 0
+    smaller = tmp_path / "smaller.vqz"
+    assert main(["compress", str(runs[1]), str(tmp_path / "digits.npy"), str(folder), "-o", str(smaller),
+                 "--rate-weight", "1e6"]) == 0
+    assert smaller.stat().st_size < out.stat().st_size
+    capsys.readouterr()
+    assert main(["compress", str(runs[1]), str(tmp_path / "digits.npy"), "-o", str(smaller), "--rate-weight", "-1"]) == 2
+    assert "rate_weight" in capsys.readouterr().err
     assert main(["decompress", str(out), "--run", str(runs[1]), "-o", str(tmp_path / "back")]) == 0
     back = sorted((tmp_path / "back").glob("*.png"))
     assert len(back) == 8

@@ -58,11 +58,15 @@ def info(path: str | Path) -> dict[str, Any]:
 
 
 def _codec(run_dir: str | Path, *, lossless: bool, bucket_bits: int | None = None, chains: int | None = None,
-           threads: int | None = None) -> Any:
+           threads: int | None = None, rate_weight: float | None = None) -> Any:
     """A run's codec: bits-back coding with a VAE or hierarchical-VAE run when `lossless`, else a code-prior run's
     VQ-VAE codes."""
     model = load(run_dir)
     if lossless:
+        if rate_weight is not None:
+            from vaekit.errors import ConfigError
+
+            raise ConfigError("rate_weight chooses a lossy codec's codes; lossless compression has none to choose")
         from vaekit.coding.bitsback import DEFAULT_BUCKET_BITS, BitsBackCodec
 
         return BitsBackCodec(model, bucket_bits=DEFAULT_BUCKET_BITS if bucket_bits is None else bucket_bits,
@@ -73,18 +77,22 @@ def _codec(run_dir: str | Path, *, lossless: bool, bucket_bits: int | None = Non
         raise ConfigError("bucket_bits and chains set lossless (bits-back) compression; pass lossless=True")
     from vaekit.coding.vq_codec import VQCodec
 
-    return VQCodec(model, threads=threads)
+    return VQCodec(model, threads=threads, rate_weight=rate_weight or 0.0)
 
 
 def compress(run_dir: str | Path, images: list[str | Path], out: str | Path, *, lossless: bool = False,
-             bucket_bits: int | None = None, chains: int | None = None, threads: int | None = None) -> Path:
-    """Compress PNG files, folders of PNGs or .npy/.npz arrays into one .vqz file: lossy with a code-prior run, or
-    `lossless` with a VAE or hierarchical-VAE run (bits-back coding; `bucket_bits`: 2^b buckets per latent dimension, default 12;
-    `chains`: stacks coded in lock-step with batched networks, default 1, each with its own initial bits)."""
+             bucket_bits: int | None = None, chains: int | None = None, threads: int | None = None,
+             rate_weight: float | None = None) -> Path:
+    """Compress PNG files, folders of PNGs or .npy/.npz arrays into one .vqz file: lossy with a code-prior run
+    (`rate_weight`: lambda of the codes' choice, argmin ||z_e - e_k||^2 - lambda ln p(k | earlier codes); default
+    0, the nearest codes; larger: smaller files, lower quality), or `lossless` with a VAE or hierarchical-VAE run
+    (bits-back coding; `bucket_bits`: 2^b buckets per latent dimension, default 12; `chains`: stacks coded in
+    lock-step with batched networks, default 1, each with its own initial bits)."""
     from vaekit.data.images import read_images
     from vaekit.io import atomic_write_bytes
 
-    codec = _codec(run_dir, lossless=lossless, bucket_bits=bucket_bits, chains=chains, threads=threads)
+    codec = _codec(run_dir, lossless=lossless, bucket_bits=bucket_bits, chains=chains, threads=threads,
+                   rate_weight=rate_weight)
     pixels = read_images([Path(p) for p in images], channels=codec.image_shape[0])
     out = Path(out)
     atomic_write_bytes(out, codec.compress(pixels))

@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
                                "each adds its initial bits; default 1)")
     compress.add_argument("--threads", type=int, default=None,
                           help="torch threads the networks run on (written in the file; default: torch's)")
+    compress.add_argument("--rate-weight", type=float, default=None,
+                          help="lossy: lambda of each code's choice, argmin ||z_e - e_k||^2 - lambda ln p(k | earlier "
+                               "codes); 0 (default) the nearest codes, larger values smaller files of lower quality")
     compress.set_defaults(handler=_compress)
 
     decompress = commands.add_parser("decompress", help="the images of a .vqz file (lossy or lossless) as PNGs")
@@ -229,7 +232,7 @@ def _compress(args: argparse.Namespace) -> int:
     from vaekit.api import compress
 
     out = compress(args.run_dir, args.images, args.out, lossless=args.lossless, bucket_bits=args.bucket_bits,
-                   chains=args.chains, threads=args.threads)
+                   chains=args.chains, threads=args.threads, rate_weight=args.rate_weight)
     print(f"{out}: {out.stat().st_size} bytes")
     return 0
 

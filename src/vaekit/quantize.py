@@ -54,6 +54,15 @@ def nearest_codes(vectors: Tensor, codebook: Tensor, *, max_block_bytes: int = 4
     return indices
 
 
+def rate_constrained_codes(vectors: Tensor, codebook: Tensor, log_probabilities: Tensor, rate_weight: float) -> Tensor:
+    """argmin_k ||z_e - e_k||^2 - lambda ln p(k), entropy-constrained VQ (Chou, Lookabaugh & Gray 1989, eq. 9):
+    vectors (N, D), codebook (K, D), log_probabilities (N, K) of each code under the entropy coder's model,
+    rate_weight lambda (squared distance per nat) -> indices (N,), int64. lambda = 0: the nearest code (as
+    `nearest_codes` up to rounding); larger lambda: likelier codes, fewer bits, more distortion."""
+    distances = torch.cdist(vectors.double(), codebook.double()).pow(2)  # (N, K); N is one grid position's batch
+    return (distances - rate_weight * log_probabilities.double()).argmin(1)
+
+
 def straight_through(vectors: Tensor, quantised: Tensor) -> Tensor:
     """z_e + sg[z_q - z_e]: the value of z_q, the gradient of the identity (van den Oord et al. 2017, eq. 3)."""
     return vectors + (quantised - vectors).detach()

@@ -2,7 +2,10 @@
 
 compress: images -> the frozen VQ-VAE's code grids -> each code entropy-coded by constriction's range
 coder with the prior's conditional probabilities p(c_i | c_<i) -> a .vqz file. decompress inverts
-it bit-exactly: the code indices come back identical, then the VQ-VAE decodes them.
+it bit-exactly: the code indices come back identical, then the VQ-VAE decodes them. The encoder's
+code is the nearest to each encoder vector, or with a rate weight lambda the one that minimises
+||z_e - e_k||^2 - lambda ln p(k | c_<i), chosen position by position as it is coded (entropy-constrained
+VQ): one pair of models gives a range of sizes and qualities, and the decoder is the same for all.
 
 Bit-exactness needs the prior's probabilities to be identical on both sides, so both walk one code
 path (`VQCodec._walk`): images in batches of `batch` (the last one smaller), the positions of a
@@ -32,9 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vaekit.coding.container import MAX_BATCH, MAX_THREADS, Header, pack, unpack
-from vaekit.errors import CapabilityError, CodecError, DataError
+from vaekit.errors import CapabilityError, CodecError, ConfigError, DataError
 from vaekit.models.base import GenerativeModel
 from vaekit.models.code_prior import CodePrior
+from vaekit.quantize import rate_constrained_codes
 
 CODER_SETTINGS = b"range;categorical-leaky;softmax-f64;cached-step;bf16-weights;be-words-ff-trimmed;v3"
 # The words of the range coder's state: what sealing a stream may add to the words it has emitted. The codes decoded
@@ -43,6 +47,7 @@ CODER_SETTINGS = b"range;categorical-leaky;softmax-f64;cached-step;bf16-weights;
 CODER_STATE_WORDS = 2
 
 CodeStep = Callable[[int, np.ndarray], np.ndarray]  # (position, probabilities (B, K)) -> symbols (B,) int32
+CodeChoice = Callable[[int, np.ndarray], np.ndarray]  # the same signature: which code each image gets there
 TRIM_LIMIT = 1 << 21  # probabilities (float64) kept to check a trimmed last word: ~80 images of 7x7 codes, K=512
 FAMILY = constriction.stream.model.Categorical(perfect=False)  # probabilities quantised to integers, none zero
 
@@ -92,13 +97,20 @@ class VQCodec:
 
     batch: images whose prior probabilities are evaluated together (speed against memory: the cache
     holds layers x 2 x batch x positions x width bfloat16 numbers, 100 MiB for 1024 7x7 grids at the
-    Fashion-MNIST preset); threads: torch threads (default: torch's).
+    Fashion-MNIST preset); threads: torch threads (default: torch's); rate_weight: lambda of the
+    encoder's choice of codes, argmin_k ||z_e - e_k||^2 - lambda ln p(k | c_<i) position by position in
+    coding order (entropy-constrained VQ; 0: the nearest code). Larger values give smaller files and
+    lower quality from the same models; decoding does not depend on it.
     """
 
-    def __init__(self, model: GenerativeModel, *, batch: int = 1024, threads: int | None = None) -> None:
+    def __init__(self, model: GenerativeModel, *, batch: int = 1024, threads: int | None = None,
+                 rate_weight: float = 0.0) -> None:
         if not isinstance(model, CodePrior):
             raise CapabilityError(f"compression needs a code-prior run (a prior over a VQ-VAE's codes); "
                                   f"this run's model is {model.config.name!r}")
+        if not (np.isfinite(rate_weight) and rate_weight >= 0):
+            raise ConfigError(f"rate_weight={rate_weight}: a finite number >= 0 (0: the nearest codes)")
+        self.rate_weight = float(rate_weight)
         self.model, self.vq = model.cpu().eval(), model.parent.cpu().eval()
         self.prior = copy.deepcopy(self.model.prior).to(torch.bfloat16)  # what both directions evaluate
         self.image_shape = tuple(self.vq.config.image_shape)  # (C, H, W) the VQ-VAE works on
@@ -151,24 +163,39 @@ class VQCodec:
         batch = min(self.batch, len(images))  # the same layout, and a smaller number in the header
         coded: list[tuple[np.ndarray, np.ndarray]] | None = [] if len(images) * self.num_positions * \
             self.model.config.codes.num_symbols <= TRIM_LIMIT else None  # to check a trimmed last word
+        chunks = []
         with torch_threads(self.threads):
-            codes = torch.cat([self.vq.latent_codes(chunk).view(len(chunk), self.num_positions)
-                               for chunk in self._padded(images.float().cpu()).split(batch)])  # (N, P)
-            for known in codes.split(batch):
-                symbols = known.numpy().astype(np.int32)
+            for chunk in self._padded(images.float().cpu()).split(batch):
+                choose = self._chooser(chunk)
 
-                def encode(position: int, probabilities: np.ndarray, symbols: np.ndarray = symbols) -> np.ndarray:
-                    column = np.ascontiguousarray(symbols[:, position])
+                def encode(position: int, probabilities: np.ndarray, choose: CodeChoice = choose) -> np.ndarray:
+                    column = choose(position, probabilities)
                     encoder.encode(column, FAMILY, probabilities)
                     if coded is not None:
                         coded.append((column, probabilities))
                     return column
 
-                self._walk(len(known), encode)
+                chunks.append(self._walk(len(chunk), encode))
+        codes = torch.cat(chunks)  # (N, P)
         payload = sealed(encoder.get_compressed(), coded)
         header = Header(self._fingerprint, len(images), images.shape[1], images.shape[2], images.shape[3],
                         batch, self.threads)
         return pack(header, payload, _code_bytes(codes))
+
+    def _chooser(self, images: Tensor) -> CodeChoice:
+        """The code each of a batch of images (B, C, H, W) gets at a position, given the prior's probabilities
+        there (B, K): its nearest, or with a rate weight the one of least distortion + lambda x information."""
+        if self.rate_weight == 0:
+            nearest = self.vq.latent_codes(images).view(len(images), self.num_positions).numpy().astype(np.int32)
+            return lambda position, probabilities: np.ascontiguousarray(nearest[:, position])
+        vectors, codebook = self.vq.latent_vectors(images), self.vq.quantizer.codebook  # (B, P, D), (K, D)
+
+        def choose(position: int, probabilities: np.ndarray) -> np.ndarray:
+            log_probabilities = torch.from_numpy(probabilities).log()  # (B, K) float64
+            return rate_constrained_codes(vectors[:, position], codebook, log_probabilities,
+                                          self.rate_weight).numpy().astype(np.int32)
+
+        return choose
 
     def _check_header(self, header: Header, source: str) -> None:
         """The header's numbers are ones this run can decode."""

@@ -124,10 +124,13 @@ class VQVAE(GenerativeModel):
     def code_spec(self) -> CodeSpec:
         return CodeSpec(shape=self.grid, dtype="int64", num_symbols=self.config.num_codes)
 
+    def latent_vectors(self, x: Tensor) -> Tensor:
+        """The encoder's vectors z_e of x, one per grid position in raster order: (B, H' * W', D) float32."""
+        return self._encode_vectors(x).float().view(x.shape[0], -1, self.config.code_dim)
+
     def latent_codes(self, x: Tensor) -> Tensor:
-        """The code grid of x: (B, H', W') int64."""
-        vectors = self._encode_vectors(x)
-        return self.quantizer(vectors.float()).indices.view(x.shape[0], *self.grid)
+        """The code grid of x, the nearest code to each z_e: (B, H', W') int64."""
+        return self.quantizer(self.latent_vectors(x).flatten(0, 1)).indices.view(x.shape[0], *self.grid)
 
     def decode_mean(self, codes: Tensor) -> Tensor:
         """Images E[x | z_q] for code grids (B, H', W'): (B, C, H, W) in [0, 1]."""
