@@ -42,13 +42,14 @@ def _record() -> dict:
 
 def _same_run(run_dir: Path, wanted: vaekit.RunConfig) -> bool:
     """Whether a finished run trained and scored as `wanted` would (its name, directory and threads aside)."""
+    if not (run_dir / "checkpoints" / f"step-{wanted.train.steps}").is_dir():
+        return False  # not started, or not finished
     config = config_to_dict(load_config(run_dir / "config.yaml"))
     expected = config_to_dict(wanted)
     for section in (config, expected):
         section["train"].pop("num_threads")
         section["model"].pop("image_shape")  # the saved config's is taken from the data, the preset's is None
-    finished = (run_dir / "checkpoints" / f"step-{wanted.train.steps}").is_dir()
-    return finished and all(config[key] == expected[key] for key in ("data", "model", "train", "eval"))
+    return all(config[key] == expected[key] for key in ("data", "model", "train", "eval"))
 
 
 def _run(preset: str, seed: int, threads: int | None) -> dict | None:

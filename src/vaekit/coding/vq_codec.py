@@ -188,7 +188,8 @@ class VQCodec:
         if self.rate_weight == 0:
             nearest = self.vq.latent_codes(images).view(len(images), self.num_positions).numpy().astype(np.int32)
             return lambda position, probabilities: np.ascontiguousarray(nearest[:, position])
-        vectors, codebook = self.vq.latent_vectors(images), self.vq.quantizer.codebook  # (B, P, D), (K, D)
+        vectors = self.vq.latent_vectors(images).double()  # (B, P, D), converted once for every position
+        codebook = self.vq.quantizer.codebook.double()  # (K, D)
 
         def choose(position: int, probabilities: np.ndarray) -> np.ndarray:
             log_probabilities = torch.from_numpy(probabilities).log()  # (B, K) float64
