@@ -277,7 +277,7 @@ RATE_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0)
 def mean_nearest_distance(codec) -> float:
     """Mean of min_k ||z_e - e_k||^2 over the encoder vectors of the first 1000 training images."""
     with torch.inference_mode():
-        vectors = codec.vq.latent_vectors(fashion_split("train", 1000))
+        vectors = codec.encoder_vectors(fashion_split("train", 1000))
         return torch.cdist(vectors.double(), codec.vq.quantizer.codebook.double()).pow(2).amin(-1).mean().item()
 
 

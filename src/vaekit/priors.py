@@ -163,14 +163,21 @@ class CausalSelfAttention(nn.Module):
         return self.out(attended.transpose(1, 2).flatten(2))
 
     def step(self, hidden: Tensor, cache: Tensor, position: int) -> Tensor:
-        """One position given the keys and values of the earlier ones: hidden (B, 1, W), cache
-        (2, B, heads, P, W / heads) filled up to `position` and extended by it -> (B, 1, W)."""
-        q, k, v = self._split(hidden)
-        cache[0, :, :, position], cache[1, :, :, position] = k[:, :, 0], v[:, :, 0]
-        keys, values = cache[0, :, :, : position + 1], cache[1, :, :, : position + 1]  # (B, heads, t, W / heads)
-        weights = (q @ keys.transpose(-1, -2) * q.shape[-1] ** -0.5).float().softmax(-1)  # (B, heads, 1, t)
-        attended = weights.to(values.dtype) @ values  # (B, heads, 1, W / heads); for one query on a CPU batched
-        return self.out(attended.transpose(1, 2).flatten(2))  # products are faster than SDPA's flash kernel
+        """One position given the keys and values of the earlier ones: hidden (B, 1, W), cache (2, B * heads,
+        P * W / heads) filled up to `position` and extended by it -> (B, 1, W). The cache holds the keys as
+        (B * heads, W / heads, P) and the values as (B * heads, P, W / heads), and both products of the one
+        query run over all P positions, the later ones masked: a (1, W / heads) row times whole contiguous
+        matrices is the fastest batched product on a CPU (a slice of the earlier positions is copied at every
+        step, since bfloat16 products need contiguous batches; SDPA's kernels are slower still)."""
+        batch = hidden.shape[0]
+        q, k, v = self._split(hidden)  # (B, heads, 1, W / heads)
+        depth = q.shape[-1]
+        keys, values = cache[0].view(batch * self.heads, depth, -1), cache[1].view(batch * self.heads, -1, depth)
+        keys[:, :, position], values[:, position] = k.reshape(-1, depth), v.reshape(-1, depth)
+        scores = torch.bmm(q.reshape(-1, 1, depth), keys).float() * depth**-0.5  # (B * heads, 1, P)
+        scores[:, :, position + 1:] = float("-inf")
+        attended = torch.bmm(scores.softmax(-1).to(values.dtype), values)  # (B * heads, 1, W / heads)
+        return self.out(attended.view(batch, 1, -1))
 
 
 def dropped(values: Tensor, uniform: Tensor | None, rate: float) -> Tensor:
@@ -239,10 +246,10 @@ class CodeTransformer(nn.Module):
         return self.head(self.norm(hidden))
 
     def new_cache(self, batch: int) -> Tensor:
-        """Empty keys and values for `batch` sequences: (layers, 2, B, heads, P, W / heads)."""
-        width = self.position.shape[-1]
-        return self.position.new_zeros(len(self.blocks), 2, batch, self.heads, self.num_positions,
-                                       width // self.heads)
+        """Empty keys and values for `batch` sequences: (layers, 2, B * heads, P * W / heads), laid out as
+        `CausalSelfAttention.step` reads them."""
+        return self.position.new_zeros(len(self.blocks), 2, batch * self.heads,
+                                       self.num_positions * self.position.shape[-1] // self.heads)
 
     def step(self, previous: Tensor, position: int, cache: Tensor) -> Tensor:
         """Logits (B, K) of position `position` given the code before it, previous (B,) int64 (ignored at
