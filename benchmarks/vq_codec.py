@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/vq_codec.py train      # the VQ-VAEs and their code priors (resumable)
     benchmarks/.venv-ref/bin/python benchmarks/vq_codec.py quantiser   # against pythae, vector-quantize-pytorch
     benchmarks/.venv-ref/bin/python benchmarks/vq_codec.py rd          # rate-distortion and codec speed
+    benchmarks/.venv-ref/bin/python benchmarks/vq_codec.py speed       # codec speed against WebP and AVIF
     benchmarks/.venv-ref/bin/python benchmarks/vq_codec.py health      # codebook health against pythae
     .venv/bin/python benchmarks/vq_codec.py remedies                    # restarts and the rotation trick vs plain EMA
 
@@ -48,6 +49,14 @@ codes in use (at least one assignment), perplexity / K, MSE per pixel and PSNR; 
 end (no assignment on the training images under the final weights); for vaekit also the
 codes without an assignment in the training batches of the last epoch (its `last_used` buffer).
 Output: benchmarks/results/vq_codebook_health.json, rewritten after every run.
+
+Stage `speed` (reference environment): the codec's speed on each operating point's architecture, apart from
+its quality: stand-in runs of the `fashion-mnist-vqvae` preset (with the point's overrides) and of its
+`fashion-mnist-code-prior`, trained for `STAND_IN_STEPS` steps each in benchmarks/results/partial/vq-speed/
+(the work per image does not depend on the weights). The first 1000 test images as one stream, each
+direction timed `SPEED_REPEATS` times (best kept, after a warm-up call), with the encoder, the
+prior's walk and the decoder timed alone, against WebP (quality 10) and AVIF (quality 30) one file
+per image, same run. Output: benchmarks/results/vq_codec_speed.json.
 
 Stage `remedies`: the `fashion-mnist-vqvae` preset for 2000 steps on the whole training split,
 plain EMA (no restarts, straight-through), with the rotation trick instead of the straight-through
@@ -394,6 +403,59 @@ def stage_rd(out: Path, formats: tuple[str, ...] = tuple(QUALITIES), curves_only
     atomic_write_json(out, record)
 
 
+STAND_IN_STEPS = 20
+SPEED_REPEATS = 3
+
+
+def _best_seconds(work, repeats: int = SPEED_REPEATS) -> float:
+    """The fastest of `repeats` timed calls of `work`, after one untimed call (allocations, kernels)."""
+    work()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def codec_speed(prior_run: Path, images: np.ndarray) -> dict:
+    """images/s of a codec each way on `images` as one stream, and of its parts alone."""
+    from vaekit.coding.vq_codec import VQCodec
+
+    codec = VQCodec(vaekit.load(prior_run))
+    pixels = torch.from_numpy(images).float().div(255)[:, None]
+    stream = codec.compress(pixels)
+    with torch.inference_mode():
+        codes = codec.decode_codes(stream)[1].flatten(1)  # (N, P)
+        parts = {"encoder": _best_seconds(lambda: codec.encoder_vectors(pixels)),
+                 "prior_walk": _best_seconds(lambda: codec._walk(len(codes), lambda i, _: codes[:, i].numpy())),
+                 "decoder": _best_seconds(lambda: codec.decoder_images(codes.view(-1, *codec.grid)))}
+    count = len(images)
+    return {"grid": list(codec.grid), "num_codes": codec.model.config.codes.num_symbols, "batch": codec.batch,
+            "threads": codec.threads, "bytes_per_image": len(stream) / count,
+            "compress_images_per_second": count / _best_seconds(lambda: codec.compress(pixels)),
+            "decompress_images_per_second": count / _best_seconds(lambda: codec.decompress(stream)),
+            "alone_images_per_second": {name: count / seconds for name, seconds in parts.items()}}
+
+
+def stage_speed(out: Path) -> None:
+    """The codec's speed on every operating point's architecture against WebP and AVIF (see the docstring)."""
+    images = test_images()
+    record = {"images": len(images), "threads": torch.get_num_threads(), "stand_in_steps": STAND_IN_STEPS,
+              "loadavg_start": os.getloadavg(), "vaekit": {}}
+    runs = ROOT / "results" / "partial" / "vq-speed"
+    schedule = [f"train.steps={STAND_IN_STEPS}", f"train.eval_every={STAND_IN_STEPS}",
+                f"train.checkpoint_every={STAND_IN_STEPS}", "eval.num_images=100"]
+    for point, overrides in OPERATING_POINTS.items():
+        train_run("fashion-mnist-vqvae", point, [*overrides, *schedule], runs)
+        prior_run = train_run("fashion-mnist-code-prior", f"{point}-prior", [f"parent={runs / point}", *schedule], runs)
+        record["vaekit"][point] = codec_speed(prior_run, images)
+        atomic_write_json(out, record)
+    record["classical"] = [classical_speed(fmt, quality, images) for fmt, quality in (("WEBP", 10), ("AVIF", 30))]
+    record["loadavg_end"] = os.getloadavg()
+    atomic_write_json(out, record)
+
+
 def fashion_split(name: str, count: int | None = None) -> torch.Tensor:
     """Fashion-MNIST images (N, 1, 28, 28) in [0, 1]: split "train" or "t10k"."""
     from vaekit.data import read_idx
@@ -540,7 +602,7 @@ def stage_remedies(out: Path, steps: int = 2000, threads: int | None = None) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["train", "quantiser", "rd", "health", "remedies"])
+    parser.add_argument("stage", choices=["train", "quantiser", "rd", "speed", "health", "remedies"])
     parser.add_argument("--formats", nargs="+", choices=list(QUALITIES), default=list(QUALITIES),
                         help="rd: the classical codecs to measure (default: all)")
     parser.add_argument("--threads", type=int, help="remedies: torch threads of the training runs (default: torch's)")
@@ -553,6 +615,8 @@ def main() -> None:
         stage_quantiser(ROOT / "results" / "vq_quantiser_speed.json")
     elif args.stage == "rd":
         stage_rd(ROOT / "results" / "vq_rate_distortion.json", tuple(args.formats), args.curves_only)
+    elif args.stage == "speed":
+        stage_speed(ROOT / "results" / "vq_codec_speed.json")
     elif args.stage == "health":
         stage_health(ROOT / "results" / "vq_codebook_health.json")
     elif args.stage == "remedies":
