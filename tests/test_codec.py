@@ -4,6 +4,7 @@ clear error for every kind of damaged or foreign file."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -212,7 +213,9 @@ def test_a_damaged_file_is_one_clear_error_never_images(runs, test_digits, damag
         codec.decompress(bytes(data))
 
 
-def test_the_decoder_repeats_the_batch_layout_and_threads_written_in_the_header(runs, test_digits):
+def test_the_decoder_repeats_the_batch_layout_with_any_thread_count_and_bytes_are_deterministic(runs, test_digits):
+    """Batches of at most `batch` images, a batch for every thread: each its own segment, coded on one torch thread,
+    so a file written by 2 threads decodes on 1 (and on 3) to the same codes, and the bytes never change."""
     prior = vaekit.load(runs[1])
     data = VQCodec(prior, batch=4, threads=1).compress(test_digits[:10])  # batches of 4, 4, 2
     header, codes = VQCodec(prior, batch=256, threads=2).decode_codes(data)
@@ -220,6 +223,12 @@ def test_the_decoder_repeats_the_batch_layout_and_threads_written_in_the_header(
     with torch.inference_mode():
         assert torch.equal(codes, nearest_grids(VQCodec(prior), test_digits[:10]))
     assert data == VQCodec(prior, batch=4, threads=1).compress(test_digits[:10])  # deterministic bytes
+    two = VQCodec(prior, threads=2).compress(test_digits[:10])  # batches of 5 and 5 coded at once (2 CPUs or more)
+    threads = min(2, os.cpu_count() or 1)
+    assert (unpack(two).header.batch, unpack(two).header.threads) == (10 // threads, threads)
+    for threads in (1, 3):
+        assert torch.equal(VQCodec(prior, threads=threads).decode_codes(two)[1], codes)
+    assert two == VQCodec(prior, threads=2).compress(test_digits[:10])
 
 
 def test_probabilities_that_differ_from_the_encoders_are_caught_by_the_codes_check(runs, test_digits):
@@ -291,7 +300,9 @@ def test_a_forged_file_whose_crc_holds_is_still_one_codec_error(runs, test_digit
 
 
 def test_a_forged_thread_count_runs_torch_on_at_most_one_thread_per_cpu(runs, test_digits, monkeypatch):
-    """Fuzzing found a header saying 1000 threads running torch on 1000 threads: minutes per image on two cores."""
+    """Fuzzing found a header saying 1000 threads running torch on 1000 threads: minutes per image on two cores. The
+    decoder runs its own threads (the header's count only says how many batches the writer coded at once), so the
+    forged number changes nothing but the CRC over the header."""
     import os
 
     codec = VQCodec(vaekit.load(runs[1]))
@@ -301,11 +312,7 @@ def test_a_forged_thread_count_runs_torch_on_at_most_one_thread_per_cpu(runs, te
     requested = []
     monkeypatch.setattr(torch, "set_num_threads", lambda count, set_threads=torch.set_num_threads: (
         requested.append(count), set_threads(count)))
-    try:
-        images = codec.decompress(pack(forged, payload, code_bytes(codec, data)))
-        assert torch.equal(images, codec.decompress(data))
-    except CodecError as error:
-        assert "it needs the 1000 torch threads it was written with" in str(error)
+    assert torch.equal(codec.decompress(pack(forged, payload, code_bytes(codec, data))), codec.decompress(data))
     assert requested and max(requested) <= (os.cpu_count() or 1)
 
 

@@ -87,7 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                           help="--lossless: stacks coded in lock-step, the networks batched over them (faster; "
                                "each adds its initial bits; default 1)")
     compress.add_argument("--threads", type=int, default=None,
-                          help="torch threads the networks run on (written in the file; default: torch's)")
+                          help="CPUs to use: lossy files code that many batches at once, one thread each (any count "
+                               "decodes them); lossless ones run torch on that many threads (written in the file); "
+                               "default: torch's thread count")
     compress.add_argument("--rate-weight", type=float, default=None,
                           help="lossy: lambda of each code's choice, argmin ||z_e - e_k||^2 - lambda ln p(k | earlier "
                                "codes); 0 (default) the nearest codes, larger values smaller files of lower quality")

@@ -5,7 +5,7 @@ Layout (all integers unsigned LEB128 varints unless stated):
   a VAE, bitsback.py) | version (1 byte) | fingerprint (4 bytes: truncated SHA-256 of the models and coder
   settings) | count | channels | height | width (the true image size) | layout (the batch layout the
   networks were evaluated in, which the decoder repeats: threads - 1 + 1024 * batch, batch written as 0
-  when all images made one batch) | bucket bits (b"VB" only: 2^b prior buckets per latent dimension) |
+  when all images made one batch; threads: b"VZ" the batches coded at once, b"VB" torch's threads) | bucket bits (b"VB" only: 2^b prior buckets per latent dimension) |
   payload length | CRC-32 (4 bytes, little endian) of the header before it, the payload and what the
   payload decodes to (the code indices, or the uint8 pixels of a lossless file) | payload.
   17 bytes before the payload for one 28x28 image.
@@ -74,7 +74,7 @@ class Header:
     height: int  # true size, before padding to the code grid's stride
     width: int
     batch: int  # images whose networks were evaluated together
-    threads: int  # torch intra-op threads they were evaluated with, 1..MAX_THREADS
+    threads: int  # 1..MAX_THREADS: b"VZ" batches coded at once (one thread each), b"VB" torch intra-op threads
     kind: Kind = "codes"
     bucket_bits: int = 0  # bits-back: 2^b buckets of equal prior mass per latent dimension
 

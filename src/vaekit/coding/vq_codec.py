@@ -11,13 +11,15 @@ Bit-exactness needs the prior's probabilities to be identical on both sides, so 
 path (`VQCodec._walk`): images in batches of `batch` (the last one smaller), the positions of a
 batch in raster order through the prior's cached incremental step (never the whole-sequence
 forward), with the prior's weights rounded to bfloat16 (matrix products in half the time of
-float32 with bf16 instructions; under 0.01% more bits on Fashion-MNIST) on the CPU with `threads`
-torch threads, then a float64 softmax that constriction quantises to integers. The batch size and
-thread count are written in the header and repeated by the decoder, since kernels can differ
-with either; the thread count only up to this machine's CPUs (a file's number is untrusted: a
-thousand threads on two cores take minutes per image). A file decodes with the same vaekit and
-torch build on the same instruction set that wrote it; the fingerprint catches other weights or
-settings, and the CRC over the decoded codes catches any difference that remains.
+float32 with bf16 instructions; under 0.01% more bits on Fashion-MNIST) on the CPU with one torch
+thread, then a float64 softmax that constriction quantises to integers. Each batch is its own
+range-coded segment of the payload (the lengths of all but the last lead it), so `threads` batches
+are coded at once, one per Python thread on one CPU each: the kernels' numbers never depend on how
+many threads ran, and a file decodes with any thread count. The batch size is written in the header
+and repeated by the decoder, since kernels can differ with it (the header's thread count says how
+many batches the writer coded at once). A file decodes with the same vaekit and torch build on the
+same instruction set that wrote it; the fingerprint catches other weights or settings, and the CRC
+over the decoded codes catches any difference that remains.
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import itertools
+import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import constriction
 import numpy as np
@@ -34,13 +40,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vaekit.coding.container import MAX_BATCH, MAX_THREADS, Header, pack, unpack
+from vaekit.coding.container import (
+    MAX_BATCH,
+    MAX_THREADS,
+    Header,
+    decode_varint,
+    encode_varint,
+    pack,
+    unpack,
+)
 from vaekit.errors import CapabilityError, CodecError, ConfigError, DataError
 from vaekit.models.base import GenerativeModel
 from vaekit.models.code_prior import CodePrior
 from vaekit.quantize import nearest_codes, rate_constrained_codes
 
-CODER_SETTINGS = b"range;categorical-leaky;softmax-f64;cached-step;bf16-weights;be-words-ff-trimmed;v4"
+CODER_SETTINGS = b"range;categorical-leaky;softmax-f64;cached-step;bf16-weights;one-thread;segment-per-batch;" \
+    b"be-words-ff-trimmed;v4"
 # The words of the range coder's state: what sealing a stream may add to the words it has emitted. The codes decoded
 # so far, coded again with the same probabilities, never take more words than the payload plus these; the decoder of
 # a header declaring more images than its payload holds goes on decoding zeros past its end, which this catches.
@@ -49,6 +64,7 @@ CODER_STATE_WORDS = 2
 CodeStep = Callable[[int, np.ndarray], np.ndarray]  # (position, probabilities (B, K)) -> symbols (B,) int32
 CodeChoice = Callable[[int, np.ndarray], np.ndarray]  # the same signature: which code each image gets there
 TRIM_LIMIT = 1 << 21  # probabilities (float64) kept to check a trimmed last word: ~80 images of 7x7 codes, K=512
+Item, Result = TypeVar("Item"), TypeVar("Result")
 FAMILY = constriction.stream.model.Categorical(perfect=False)  # probabilities quantised to integers, none zero
 
 
@@ -69,6 +85,22 @@ def sealed(words: np.ndarray, coded: list[tuple[np.ndarray, np.ndarray]] | None)
             if all(np.array_equal(decoder.decode(FAMILY, p), s) for s, p in coded):
                 return data[:-cut]
     return data
+
+
+def _split_segments(payload: bytes, count: int) -> list[bytes] | None:
+    """A payload's `count` segments: the lengths of all but the last (varints), then the segments; None when the
+    lengths do not fit the payload."""
+    lengths, offset = [], 0
+    try:
+        for _ in range(count - 1):
+            length, offset = decode_varint(payload, offset)
+            lengths.append(length)
+    except CodecError:
+        return None
+    if offset + sum(lengths) > len(payload):
+        return None
+    bounds = [offset, *(offset + n for n in itertools.accumulate(lengths)), len(payload)]
+    return [payload[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def _code_bytes(codes: Tensor) -> bytes:
@@ -92,12 +124,25 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def in_parallel(work: Callable[[Item], Result], items: Sequence[Item], threads: int) -> list[Result]:
+    """[work(item) for item in items] on up to `threads` Python threads, torch on one thread in each (its kernels'
+    numbers then never depend on the thread count) and in inference mode; the first exception is raised."""
+
+    def one(item: Item) -> Result:
+        with torch.inference_mode():
+            return work(item)
+
+    with torch_threads(1), ThreadPoolExecutor(max(1, min(threads, len(items)))) as pool:
+        return list(pool.map(one, items))
+
+
 class VQCodec:
     """Images (N, C, H, W) in [0, 1] <-> .vqz bytes, with a code-prior run's model and its VQ-VAE parent.
 
-    batch: images whose prior probabilities are evaluated together (speed against memory: the cache
-    holds layers x 2 x batch x positions x width bfloat16 numbers, 100 MiB for 1024 7x7 grids at the
-    Fashion-MNIST preset); threads: torch threads (default: torch's); rate_weight: lambda of the
+    batch: images whose prior probabilities are evaluated together, at most (speed against memory: the
+    cache holds layers x 2 x batch x positions x width bfloat16 numbers, 100 MiB for 1024 7x7 grids at
+    the Fashion-MNIST preset; smaller when that gives every thread a batch); threads: batches coded at
+    once, one CPU each (default: torch's thread count); rate_weight: lambda of the
     encoder's choice of codes, argmin_k ||z_e - e_k||^2 - lambda ln p(k | c_<i) position by position in
     coding order (entropy-constrained VQ; 0: the nearest code). Larger values give smaller files and
     lower quality from the same models; decoding does not depend on it.
@@ -119,7 +164,7 @@ class VQCodec:
         self.num_positions = self.grid[0] * self.grid[1]
         if not 1 <= batch <= MAX_BATCH:
             raise ValueError(f"batch={batch}: a .vqz file holds batches of 1 to {MAX_BATCH} images")
-        self.batch, self.threads = batch, usable_threads(threads or torch.get_num_threads())  # as the header says
+        self.batch, self.threads = batch, usable_threads(threads or torch.get_num_threads())
         self._fingerprint = self._weights_fingerprint()
 
     def _weights_fingerprint(self) -> bytes:
@@ -169,31 +214,36 @@ class VQCodec:
 
     @torch.inference_mode()
     def compress(self, images: Tensor) -> bytes:
-        """The .vqz bytes of images (N, C, H, W) in [0, 1]."""
+        """The .vqz bytes of images (N, C, H, W) in [0, 1]: the segments of their batches, each led by its length
+        but the last."""
         if len(images) == 0:
             raise DataError("no images to compress")
+        batch = min(self.batch, math.ceil(len(images) / self.threads))  # a batch for every thread
+        chunks = self._padded(images.float().cpu()).split(batch)
+        coded = in_parallel(self._compress_batch, chunks, self.threads)  # [(codes (B, P), segment)]
+        codes = torch.cat([batch_codes for batch_codes, _ in coded])  # (N, P)
+        segments = [segment for _, segment in coded]
+        payload = b"".join(encode_varint(len(segment)) for segment in segments[:-1]) + b"".join(segments)
+        header = Header(self._fingerprint, len(images), images.shape[1], images.shape[2], images.shape[3],
+                        batch, min(self.threads, len(chunks)))
+        return pack(header, payload, _code_bytes(codes))
+
+    def _compress_batch(self, images: Tensor) -> tuple[Tensor, bytes]:
+        """One batch's codes (B, P) and its range-coded segment."""
         encoder = constriction.stream.queue.RangeEncoder()
-        batch = min(self.batch, len(images))  # the same layout, and a smaller number in the header
         coded: list[tuple[np.ndarray, np.ndarray]] | None = [] if len(images) * self.num_positions * \
             self.model.config.codes.num_symbols <= TRIM_LIMIT else None  # to check a trimmed last word
-        chunks = []
-        with torch_threads(self.threads):
-            for chunk in self._padded(images.float().cpu()).split(batch):
-                choose = self._chooser(chunk)
+        choose = self._chooser(images)
 
-                def encode(position: int, probabilities: np.ndarray, choose: CodeChoice = choose) -> np.ndarray:
-                    column = choose(position, probabilities)
-                    encoder.encode(column, FAMILY, probabilities)
-                    if coded is not None:
-                        coded.append((column, probabilities))
-                    return column
+        def encode(position: int, probabilities: np.ndarray) -> np.ndarray:
+            column = choose(position, probabilities)
+            encoder.encode(column, FAMILY, probabilities)
+            if coded is not None:
+                coded.append((column, probabilities))
+            return column
 
-                chunks.append(self._walk(len(chunk), encode))
-        codes = torch.cat(chunks)  # (N, P)
-        payload = sealed(encoder.get_compressed(), coded)
-        header = Header(self._fingerprint, len(images), images.shape[1], images.shape[2], images.shape[3],
-                        batch, self.threads)
-        return pack(header, payload, _code_bytes(codes))
+        codes = self._walk(len(images), encode)
+        return codes, sealed(encoder.get_compressed(), coded)
 
     def _chooser(self, images: Tensor) -> CodeChoice:
         """The code each of a batch of images (B, C, H, W) gets at a position, given the prior's probabilities
@@ -229,9 +279,24 @@ class VQCodec:
     def decode_codes(self, data: bytes, source: str = "file") -> tuple[Header, Tensor]:
         """(header, code grids (N, H', W')) of a .vqz file, checked against its fingerprint and CRC."""
         unpacked = unpack(data, source)
-        header, payload = unpacked.header, unpacked.payload
+        header = unpacked.header
         self._check_header(header, source)
-        words = payload_words(payload)
+        sizes = [min(header.batch, header.count - start) for start in range(0, header.count, header.batch)] \
+            if header.count // header.batch <= len(unpacked.payload) else None  # a length byte per batch, at least
+        segments = _split_segments(unpacked.payload, len(sizes)) if sizes else None
+        if segments is None:
+            raise CodecError(f"{source} is damaged: its batches' lengths do not add up to its payload")
+        codes = torch.cat(in_parallel(lambda job: self._decode_batch(*job, source), list(zip(sizes, segments,
+                                                                                                strict=True)),
+                                      self.threads))
+        if not unpacked.matches(_code_bytes(codes)):
+            raise CodecError(f"{source} is damaged: its decoded codes fail the header's check")
+        return header, codes.view(header.count, *self.grid)
+
+    def _decode_batch(self, count: int, segment: bytes, source: str) -> Tensor:
+        """The codes (count, P) of one batch's segment; CodecError when its coder reads past the segment or does
+        not end on its last word."""
+        words = payload_words(segment)
         decoder = constriction.stream.queue.RangeDecoder(words)
         recoded = constriction.stream.queue.RangeEncoder()  # the symbols decoded so far, coded again
 
@@ -241,29 +306,20 @@ class VQCodec:
             except AssertionError:  # constriction's word for bits its coder cannot have written
                 raise CodecError(f"{source} is damaged: its payload does not decode") from None
             recoded.encode(symbols, FAMILY, probabilities)
-            if recoded.num_words() > len(words) + CODER_STATE_WORDS:  # the decoder reads past the payload
+            if recoded.num_words() > len(words) + CODER_STATE_WORDS:  # the decoder reads past the segment
                 raise CodecError(f"{source} is damaged: its decoded codes fail the header's check (coded again, they "
-                                 f"take more than its {len(payload)}-byte payload)")
+                                 f"take more than their {len(segment)}-byte segment)")
             return symbols
 
-        chunks = []
-        with torch_threads(header.threads):
-            for start in range(0, header.count, header.batch):
-                chunks.append(self._walk(min(header.batch, header.count - start), decode))
-        codes = torch.cat(chunks)
-        exhausted = decoder.maybe_exhausted() or len(payload) % 4 > 0  # a trimmed last word leaves padding unread
-        if not exhausted or not unpacked.matches(_code_bytes(codes)):
-            fewer = usable_threads(header.threads) < header.threads
-            raise CodecError(f"{source} is damaged: its decoded codes fail the header's check" + (
-                f" (or it needs the {header.threads} torch threads it was written with; this machine has "
-                f"{usable_threads(header.threads)} CPUs)" if fewer else ""))
-        return header, codes.view(header.count, *self.grid)
+        codes = self._walk(count, decode)
+        if not (decoder.maybe_exhausted() or len(segment) % 4 > 0):  # a trimmed last word leaves padding unread
+            raise CodecError(f"{source} is damaged: its decoded codes fail the header's check")
+        return codes
 
     @torch.inference_mode()
     def decompress(self, data: bytes, source: str = "file") -> Tensor:
         """The images of a .vqz file as uint8 (N, C, H, W), cropped to their true size."""
         header, codes = self.decode_codes(data, source)
-        with torch_threads(header.threads):
-            images = torch.cat([self.decoder_images(chunk) for chunk in codes.split(header.batch)])
+        images = torch.cat(in_parallel(self.decoder_images, codes.split(header.batch), self.threads))
         pixels = (images[:, :, : header.height, : header.width] * 255).round().clamp(0, 255)
         return pixels.to(torch.uint8)
