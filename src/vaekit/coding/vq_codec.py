@@ -281,14 +281,13 @@ class VQCodec:
         unpacked = unpack(data, source)
         header = unpacked.header
         self._check_header(header, source)
-        sizes = [min(header.batch, header.count - start) for start in range(0, header.count, header.batch)] \
-            if header.count // header.batch <= len(unpacked.payload) else None  # a length byte per batch, at least
-        segments = _split_segments(unpacked.payload, len(sizes)) if sizes else None
+        starts = range(0, header.count, header.batch)  # a segment per batch, at least a length byte each
+        segments = _split_segments(unpacked.payload, len(starts)) if len(starts) <= len(unpacked.payload) else None
         if segments is None:
             raise CodecError(f"{source} is damaged: its batches' lengths do not add up to its payload")
-        codes = torch.cat(in_parallel(lambda job: self._decode_batch(*job, source), list(zip(sizes, segments,
-                                                                                                strict=True)),
-                                      self.threads))
+        jobs = [(min(header.batch, header.count - start), segment) for start, segment in zip(starts, segments,
+                                                                                              strict=True)]
+        codes = torch.cat(in_parallel(lambda job: self._decode_batch(*job, source), jobs, self.threads))
         if not unpacked.matches(_code_bytes(codes)):
             raise CodecError(f"{source} is damaged: its decoded codes fail the header's check")
         return header, codes.view(header.count, *self.grid)
