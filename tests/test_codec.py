@@ -231,6 +231,25 @@ def test_the_decoder_repeats_the_batch_layout_with_any_thread_count_and_bytes_ar
     assert two == VQCodec(prior, threads=2).compress(test_digits[:10])
 
 
+@pytest.mark.parametrize("damage", ["first_segment", "length_too_long", "length_too_short"])
+def test_damage_to_any_batch_segment_or_its_length_is_one_clear_error(runs, test_digits, damage):
+    """A file of two segments (two batches coded at once): flipped bits in the first one, or a first length that
+    runs past the payload or cuts the first segment short, each end in one CodecError, raised from whichever
+    thread decoded the batch."""
+    codec = VQCodec(vaekit.load(runs[1]), batch=5, threads=2)
+    data = codec.compress(test_digits[:10])
+    unpacked = unpack(data)
+    first_length, offset = decode_varint(unpacked.payload, 0)
+    payload = bytearray(unpacked.payload)
+    if damage == "first_segment":
+        payload[offset + first_length // 2] ^= 0x21
+    else:
+        length = len(payload) if damage == "length_too_long" else first_length - 3
+        payload = bytearray(encode_varint(length)) + payload[offset:]
+    with pytest.raises(CodecError, match="is damaged"):
+        codec.decompress(pack(unpacked.header, bytes(payload), code_bytes(codec, data)))
+
+
 def test_probabilities_that_differ_from_the_encoders_are_caught_by_the_codes_check(runs, test_digits):
     data = VQCodec(vaekit.load(runs[1])).compress(test_digits[:5])
     other = VQCodec(vaekit.load(runs[2]))
