@@ -14,8 +14,8 @@ forward), with the prior's weights rounded to bfloat16 (matrix products in half 
 float32 with bf16 instructions; under 0.01% more bits on Fashion-MNIST) on the CPU with one torch
 thread, then a float32 softmax (10x faster than float64's on a CPU) that constriction quantises to
 integers. Each batch is its own range-coded segment of the payload (the lengths of all but the last
-lead it), so `threads` batches are coded at once, one per Python thread on one CPU each: the kernels' numbers never depend on how
-many threads ran, and a file decodes with any thread count. The batch size is written in the header
+lead it), so `threads` batches are coded at once, one per Python thread on one CPU each: the
+kernels' numbers never depend on how many threads ran, and a file decodes with any thread count. The batch size is written in the header
 and repeated by the decoder, since kernels can differ with it (the header's thread count says how
 many batches the writer coded at once). A file decodes with the same vaekit and torch build on the
 same instruction set that wrote it; the fingerprint catches other weights or settings, and the CRC
