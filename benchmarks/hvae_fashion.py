@@ -5,6 +5,7 @@ training images, then the test NLL after 10 minutes of training.
     python benchmarks/hvae_fashion.py goal1      # the fashion-mnist-hvae-10min preset, then the test protocol
     python benchmarks/hvae_fashion.py goal2      # the 2-hour fashion-mnist-hvae preset, its curve, the test protocol
     python benchmarks/hvae_fashion.py curve [--seed S]  # 1..9 latent groups and the single-level VAE, 10 minutes each
+    python benchmarks/hvae_fashion.py subsets    # the binarisation noise of the image sets scored here (no model)
 
 Stage `select`: each candidate (the preset with a few overrides) trains on the first 50,000 training
 images (`data.validation=10000`) and is scored on the first 1000 of the 10,000 held-out training
@@ -22,6 +23,9 @@ steps to time a step on this machine, then for the steps that make CURVE_BUDGET_
 (equal wall clock; the seconds it really took are recorded), in a child process whose peak resident
 memory is recorded; then test NLL at K=100 on the first 1000 test images (the settings are not chosen
 by it), active groups, KL per group, and samples per second from the prior. Run it on an idle machine.
+Stage `subsets`: for each set of images scored here, the expected -ln p(x | y) of a binarised image x under
+its own grey levels y, sum over pixels of H(y) = -y ln y - (1 - y) ln(1 - y) (nats per image, mean over the
+set): the binarisation noise that no model removes, which differs between sets of the same data.
 Run directories: benchmarks/results/partial/hvae/.
 """
 
@@ -34,7 +38,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 import vaekit
+from vaekit.config import DataConfig
+from vaekit.data.images import load_image_data
 from vaekit.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent
@@ -239,9 +247,30 @@ def stage_curve(seed: int) -> None:
         print(key, steps, result["train_seconds"], result["score"]["nll"], flush=True)
 
 
+def binarisation_entropy(grey: torch.Tensor) -> float:
+    """Mean over images (N, C, H, W) in [0, 1] of sum over pixels of H(y) = -y ln y - (1 - y) ln(1 - y), nats."""
+    grey = grey.double()
+    entropy = -(torch.special.xlogy(grey, grey) + torch.special.xlogy(1 - grey, 1 - grey))
+    return float(entropy.flatten(1).sum(1).mean())
+
+
+def stage_subsets() -> None:
+    """The binarisation noise of every image set the goals score (see the docstring)."""
+    full = load_image_data(DataConfig(name="fashion_mnist"))
+    held_out = load_image_data(DataConfig(name="fashion_mnist", validation=10000))
+    sets = {"test, first 1000 (the goals' K=1000 set)": full.test[:1000], "test, all 10,000": full.test,
+            "held-out training images, first 1000 (stage select's set)": held_out.test[:1000],
+            "held-out training images, all 10,000": held_out.test, "training split, all 60,000": full.train}
+    record = _record()
+    record["subsets"] = {name: binarisation_entropy(images) for name, images in sets.items()}
+    _save(record)
+    for name, nats in record["subsets"].items():
+        print(f"{nats:8.2f} nats  {name}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["select", "goal1", "goal2", "curve"])
+    parser.add_argument("stage", choices=["select", "goal1", "goal2", "curve", "subsets"])
     parser.add_argument("candidates", nargs="*", help="select: only these candidates (default: all)")
     parser.add_argument("--seed", type=int, default=0, help="curve: the training seed")
     args = parser.parse_args()
@@ -252,6 +281,8 @@ def main() -> None:
         stage_curve(args.seed)
     elif args.stage == "goal2":
         stage_goal2()
+    elif args.stage == "subsets":
+        stage_subsets()
     else:
         stage_goal1()
 
