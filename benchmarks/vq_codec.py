@@ -6,6 +6,7 @@
     benchmarks/.venv-ref/bin/python benchmarks/vq_codec.py speed       # codec speed against WebP and AVIF
     benchmarks/.venv-ref/bin/python benchmarks/vq_codec.py health      # codebook health against pythae
     .venv/bin/python benchmarks/vq_codec.py remedies                    # restarts and the rotation trick vs plain EMA
+    benchmarks/.venv-ref/bin/python benchmarks/vq_codec.py heads        # the prior's key/value heads: rate and speed
 
 Stage `train` trains, on the training split only, each operating point of `OPERATING_POINTS` (the
 `fashion-mnist-vqvae` preset with the listed overrides) and then a `fashion-mnist-code-prior` run
@@ -64,6 +65,14 @@ gradient (Fifty et al. 2025), with dead-code restarts (the preset), and with bot
 test PSNR as in `health`. Fixed steps: the numbers do not depend on the machine's pace, so `--threads 1`
 runs it beside other work. Resumable (a checkpoint every 250 steps). Output:
 benchmarks/results/vq_remedies.json, rewritten after every run.
+
+Stage `heads`: the code prior's key/value heads (`model.kv_heads`: 4 = one per query head, the
+multi-head attention of the preset; 2 grouped; 1 multi-query) on the `grid7-k512` operating point
+of stage `train` (trained here if missing): each prior is the `fashion-mnist-code-prior` preset but
+for its key/value heads, trained on the same VQ-VAE's codes for the preset's steps; its test
+cross-entropy (bits per grid, first 1000 test images) against the codec's speed with its weights
+(as stage `speed` times it). `--kv-heads 1 --threads 1 --no-speed` trains one beside other work
+(fixed steps); the timing needs an idle machine. Output: benchmarks/results/vq_prior_heads.json.
 """
 
 from __future__ import annotations
@@ -600,12 +609,41 @@ def stage_remedies(out: Path, steps: int = 2000, threads: int | None = None) -> 
         atomic_write_json(out, record)
 
 
+PRIOR_KV_HEADS = (4, 2, 1)  # the preset's 4 query heads: one key/value head each, one per pair, one for all
+
+
+def stage_heads(out: Path, kv_heads: tuple[int, ...], threads: int | None, speed: bool) -> None:
+    """Rate and codec speed of the grid7-k512 point's prior at each number of key/value heads (see the docstring)."""
+    point = "grid7-k512"
+    train_run("fashion-mnist-vqvae", point, OPERATING_POINTS[point])
+    images = test_images()
+    for kv in kv_heads:
+        overrides = [f"parent={RUNS / point}", f"model.kv_heads={kv}",
+                     *([f"train.num_threads={threads}"] if threads else [])]
+        run_dir = train_run("fashion-mnist-code-prior", f"{point}-prior-kv{kv}", overrides)
+        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        test = [m for m in metrics if m.get("split") == "test"][-1]
+        record = json.loads(out.read_text()) if out.is_file() else {}
+        entry = record.setdefault(str(kv), {})
+        entry |= {"code_bits_per_grid": test["code_bits_per_grid"], "psnr": test["psnr"], "step": test["step"],
+                  "train_seconds": max(m.get("train_seconds", 0.0) for m in metrics),
+                  "parameters": sum(p.numel() for p in vaekit.load(run_dir).prior.parameters())}
+        if speed:
+            entry["speed"] = codec_speed(run_dir, images) | {"loadavg": os.getloadavg()}
+        atomic_write_json(out, record)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("stage", choices=["train", "quantiser", "rd", "speed", "health", "remedies"])
+    parser.add_argument("stage", choices=["train", "quantiser", "rd", "speed", "health", "remedies",
+                                                                 "heads"])
     parser.add_argument("--formats", nargs="+", choices=list(QUALITIES), default=list(QUALITIES),
                         help="rd: the classical codecs to measure (default: all)")
-    parser.add_argument("--threads", type=int, help="remedies: torch threads of the training runs (default: torch's)")
+    parser.add_argument("--threads", type=int,
+                        help="remedies, heads: torch threads of the training runs (default: torch's)")
+    parser.add_argument("--kv-heads", type=int, nargs="+", default=list(PRIOR_KV_HEADS),
+                        help="heads: the priors' key/value head counts to train and measure")
+    parser.add_argument("--no-speed", action="store_true", help="heads: train and score only, nothing timed")
     parser.add_argument("--curves-only", action="store_true",
                         help="rd: only the classical curves missing from the JSON, nothing timed")
     args = parser.parse_args()
@@ -621,6 +659,8 @@ def main() -> None:
         stage_health(ROOT / "results" / "vq_codebook_health.json")
     elif args.stage == "remedies":
         stage_remedies(ROOT / "results" / "vq_remedies.json", threads=args.threads)
+    elif args.stage == "heads":
+        stage_heads(ROOT / "results" / "vq_prior_heads.json", tuple(args.kv_heads), args.threads, not args.no_speed)
 
 
 if __name__ == "__main__":

@@ -15,17 +15,21 @@ from vaekit.config import load_config
 from vaekit.priors import CodeTransformer
 
 
-def _prior(num_symbols: int, positions: int, seed: int = 0) -> CodeTransformer:
+def _prior(num_symbols: int, positions: int, seed: int = 0, kv_heads: int | None = None) -> CodeTransformer:
     torch.manual_seed(seed)
-    prior = CodeTransformer(num_symbols, positions, width=16, layers=2, heads=2)
+    prior = CodeTransformer(num_symbols, positions, width=16, layers=2, heads=4 if kv_heads else 2, kv_heads=kv_heads)
     with torch.no_grad():  # away from the near-uniform initialisation
         for parameter in prior.parameters():
             parameter.add_(0.5 * torch.randn(parameter.shape, generator=torch.Generator().manual_seed(seed + 1)))
     return prior.eval()
 
 
-def test_the_logits_of_a_position_do_not_depend_on_it_or_on_later_codes():
-    prior = _prior(5, 6)
+KV_HEADS = pytest.mark.parametrize("kv_heads", [None, 2, 1], ids=["multi-head", "grouped", "multi-query"])
+
+
+@KV_HEADS
+def test_the_logits_of_a_position_do_not_depend_on_it_or_on_later_codes(kv_heads):
+    prior = _prior(5, 6, kv_heads=kv_heads)
     codes = torch.randint(0, 5, (3, 6), generator=torch.Generator().manual_seed(2))
     logits = prior(codes)
     for position in range(6):
@@ -37,18 +41,36 @@ def test_the_logits_of_a_position_do_not_depend_on_it_or_on_later_codes():
     assert not torch.allclose(prior(earlier)[:, -1], logits[:, -1])  # while earlier codes do matter
 
 
-def test_the_cached_step_path_gives_the_logits_of_the_whole_sequence_path():
-    prior = _prior(5, 6)
+@KV_HEADS
+def test_the_cached_step_path_gives_the_logits_of_the_whole_sequence_path(kv_heads):
+    prior = _prior(5, 6, kv_heads=kv_heads)
     codes = torch.randint(0, 5, (4, 6), generator=torch.Generator().manual_seed(3))
     cache = prior.new_cache(4)
     stepped = torch.stack([prior.step(codes[:, i - 1], i, cache) for i in range(6)], 1)  # (4, 6, 5)
     torch.testing.assert_close(stepped, prior(codes), atol=1e-5, rtol=1e-5)
 
 
-def test_the_probabilities_of_all_grids_sum_to_one():
-    prior = _prior(3, 4)
+@KV_HEADS
+def test_the_probabilities_of_all_grids_sum_to_one(kv_heads):
+    prior = _prior(3, 4, kv_heads=kv_heads)
     grids = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 2, 2)  # all 81 grids
     assert torch.logsumexp(prior.log_prob(grids), 0).exp().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_query_heads_share_a_key_value_head_in_consecutive_groups():
+    """Multi-query attention equals multi-head attention whose key and value projections repeat one head's."""
+    shared = _prior(5, 6, kv_heads=1)
+    plain = CodeTransformer(5, 6, width=16, layers=2, heads=4)
+    depth = 16 // 4
+    with torch.no_grad():
+        for name, tensor in shared.state_dict().items():
+            if name.endswith("attention.qkv.weight"):  # rows: 16 queries, 4 keys, 4 values -> 16 of each
+                q, k, v = tensor.split([16, depth, depth])
+                tensor = torch.cat([q, k.repeat(4, 1), v.repeat(4, 1)])
+            plain.state_dict()[name].copy_(tensor)
+    codes = torch.randint(0, 5, (3, 6), generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(plain.eval()(codes), shared(codes))
+    assert shared.new_cache(3).shape[2] == 3 and plain.new_cache(3).shape[2] == 12  # B * kv_heads rows
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.5])

@@ -142,41 +142,52 @@ def select_mixture(codes: Tensor, candidates: list[tuple[int, CovarianceType]], 
 
 class CausalSelfAttention(nn.Module):
     """Multi-head self-attention over positions <= i, without biases (a key bias only shifts every score of
-    a query, which softmax ignores: its true gradient is 0 and Adam would step on rounding noise)."""
+    a query, which softmax ignores: its true gradient is 0 and Adam would step on rounding noise).
 
-    def __init__(self, width: int, heads: int) -> None:
+    kv_heads: key/value heads, each shared by heads / kv_heads consecutive query heads (grouped-query
+    attention, Ainslie et al. 2023; 1: multi-query, Shazeer 2019): the cache and its reads shrink by that
+    factor, and reading the cache is most of a step on a CPU. kv_heads = heads is plain multi-head attention.
+    """
+
+    def __init__(self, width: int, heads: int, kv_heads: int | None = None) -> None:
         super().__init__()
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.heads, self.kv_heads = heads, kv_heads or heads
+        depth = width // heads
+        self.qkv = nn.Linear(width, width + 2 * self.kv_heads * depth, bias=False)
         self.out = nn.Linear(width, width, bias=False)
 
     def _split(self, hidden: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, T, W) -> queries, keys, values (B, heads, T, W / heads)."""
+        """(B, T, W) -> queries (B, heads, T, W / heads), keys and values (B, kv_heads, T, W / heads)."""
         batch, length, width = hidden.shape
-        qkv = self.qkv(hidden).view(batch, length, 3, self.heads, width // self.heads)
-        return qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        depth = width // self.heads
+        q, k, v = self.qkv(hidden).split([width, self.kv_heads * depth, self.kv_heads * depth], -1)
+        return tuple(part.view(batch, length, -1, depth).transpose(1, 2) for part in (q, k, v))
 
     def forward(self, hidden: Tensor) -> Tensor:
         """Every position at once: (B, T, W) -> (B, T, W)."""
         q, k, v = self._split(hidden)
+        group = self.heads // self.kv_heads
+        k, v = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)  # (B, heads, T, W / heads)
         attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, heads, T, W / heads)
         return self.out(attended.transpose(1, 2).flatten(2))
 
     def step(self, hidden: Tensor, cache: Tensor, position: int) -> Tensor:
-        """One position given the keys and values of the earlier ones: hidden (B, 1, W), cache (2, B * heads,
+        """One position given the keys and values of the earlier ones: hidden (B, 1, W), cache (2, B * kv_heads,
         P * W / heads) filled up to `position` and extended by it -> (B, 1, W). The cache holds the keys as
-        (B * heads, W / heads, P) and the values as (B * heads, P, W / heads), and both products of the one
-        query run over all P positions, the later ones masked: a (1, W / heads) row times whole contiguous
+        (B * kv_heads, W / heads, P) and the values as (B * kv_heads, P, W / heads), and both products of a
+        group's queries run over all P positions, the later ones masked: a few rows times whole contiguous
         matrices is the fastest batched product on a CPU (a slice of the earlier positions is copied at every
         step, since bfloat16 products need contiguous batches; SDPA's kernels are slower still)."""
         batch = hidden.shape[0]
-        q, k, v = self._split(hidden)  # (B, heads, 1, W / heads)
+        q, k, v = self._split(hidden)  # (B, heads or kv_heads, 1, W / heads)
         depth = q.shape[-1]
-        keys, values = cache[0].view(batch * self.heads, depth, -1), cache[1].view(batch * self.heads, -1, depth)
+        keys = cache[0].view(batch * self.kv_heads, depth, -1)
+        values = cache[1].view(batch * self.kv_heads, -1, depth)
         keys[:, :, position], values[:, position] = k.reshape(-1, depth), v.reshape(-1, depth)
-        scores = torch.bmm(q.reshape(-1, 1, depth), keys).float() * depth**-0.5  # (B * heads, 1, P)
+        queries = q.reshape(batch * self.kv_heads, self.heads // self.kv_heads, depth)  # a group's heads together
+        scores = torch.bmm(queries, keys).float() * depth**-0.5  # (B * kv_heads, heads / kv_heads, P)
         scores[:, :, position + 1:] = float("-inf")
-        attended = torch.bmm(scores.softmax(-1).to(values.dtype), values)  # (B * heads, 1, W / heads)
+        attended = torch.bmm(scores.softmax(-1).to(values.dtype), values)  # (B * kv_heads, heads / kv_heads, W / heads)
         return self.out(attended.view(batch, 1, -1))
 
 
@@ -190,11 +201,11 @@ def dropped(values: Tensor, uniform: Tensor | None, rate: float) -> Tensor:
 class TransformerBlock(nn.Module):
     """Pre-norm block: h + drop(attn(norm(h))), then h + drop(mlp(norm(h))); no biases."""
 
-    def __init__(self, width: int, heads: int, dropout: float = 0.0) -> None:
+    def __init__(self, width: int, heads: int, dropout: float = 0.0, kv_heads: int | None = None) -> None:
         super().__init__()
         self.dropout = dropout
         self.attention_norm = nn.LayerNorm(width, bias=False)
-        self.attention = CausalSelfAttention(width, heads)
+        self.attention = CausalSelfAttention(width, heads, kv_heads)
         self.mlp_norm = nn.LayerNorm(width, bias=False)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width, bias=False), nn.GELU(),
                                  nn.Linear(4 * width, width, bias=False))
@@ -221,12 +232,13 @@ class CodeTransformer(nn.Module):
     """
 
     def __init__(self, num_symbols: int, num_positions: int, *, width: int, layers: int, heads: int,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, kv_heads: int | None = None) -> None:
         super().__init__()
         self.num_symbols, self.num_positions, self.heads = num_symbols, num_positions, heads
+        self.kv_heads = kv_heads or heads  # key/value heads (see CausalSelfAttention)
         self.embedding = nn.Embedding(num_symbols + 1, width)  # the last index is the start token
         self.position = nn.Parameter(torch.zeros(1, num_positions, width))
-        self.blocks = nn.ModuleList(TransformerBlock(width, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(TransformerBlock(width, heads, dropout, kv_heads) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, num_symbols)
         nn.init.normal_(self.position, std=0.02)
@@ -246,9 +258,9 @@ class CodeTransformer(nn.Module):
         return self.head(self.norm(hidden))
 
     def new_cache(self, batch: int) -> Tensor:
-        """Empty keys and values for `batch` sequences: (layers, 2, B * heads, P * W / heads), laid out as
+        """Empty keys and values for `batch` sequences: (layers, 2, B * kv_heads, P * W / heads), laid out as
         `CausalSelfAttention.step` reads them."""
-        return self.position.new_zeros(len(self.blocks), 2, batch * self.heads,
+        return self.position.new_zeros(len(self.blocks), 2, batch * self.kv_heads,
                                        self.num_positions * self.position.shape[-1] // self.heads)
 
     def step(self, previous: Tensor, position: int, cache: Tensor) -> Tensor:

@@ -31,6 +31,8 @@ class CodePriorConfig(TwoStageConfig):
     width: int = Field(128, ge=8)  # transformer width
     layers: int = Field(4, ge=1)  # transformer layers
     heads: int = Field(4, ge=1)  # attention heads (width must divide by them)
+    kv_heads: int | None = Field(None, ge=1)  # key/value heads, heads must divide by them (grouped-query
+    # attention: a smaller cache, faster coding steps); None: one per head
     dropout: float = Field(0.1, ge=0, lt=1)  # residual dropout in training (a prior over few grids overfits)
 
 
@@ -48,8 +50,11 @@ class CodePrior(LatentSpaceModel):
             raise ConfigError(f"code-prior models discrete codes; the parent's are {codes}")
         if config.width % config.heads:
             raise ConfigError(f"model.width={config.width} must be divisible by model.heads={config.heads}")
+        if config.kv_heads is not None and config.heads % config.kv_heads:
+            raise ConfigError(f"model.heads={config.heads} must be divisible by model.kv_heads={config.kv_heads}")
         self.prior = CodeTransformer(codes.num_symbols, math.prod(codes.shape), width=config.width,
-                                     layers=config.layers, heads=config.heads, dropout=config.dropout)
+                                     layers=config.layers, heads=config.heads, dropout=config.dropout,
+                                     kv_heads=config.kv_heads)
 
     def loss(self, batch: Batch, *, group: str = "model", step: int = 0) -> Losses:
         """-log p(codes) per grid (B,) in nats, batch mean, with residual dropout in training; bits_per_grid
