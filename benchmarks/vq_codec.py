@@ -89,7 +89,7 @@ import torch
 
 import vaekit
 from vaekit.batch import Batch
-from vaekit.config import load_config
+from vaekit.config import config_to_dict, load_config
 from vaekit.engine.runs import find_checkpoint
 from vaekit.errors import VaekitError
 from vaekit.io import atomic_write_json
@@ -103,10 +103,23 @@ OPERATING_POINTS = {  # name -> overrides of the fashion-mnist-vqvae preset
 }
 
 
+def _settings_differ(run_dir: Path, wanted: vaekit.RunConfig) -> list[str]:
+    """The model and training settings `wanted` names (not None; threads aside) that a stored run was not trained
+    with, as "section.key"."""
+    saved = config_to_dict(load_config(run_dir / "config.yaml"))
+    expected = config_to_dict(wanted)
+    return [f"{section}.{key}" for section in ("model", "train") for key, value in expected[section].items()
+            if value is not None and key != "num_threads" and saved[section].get(key) != value]
+
+
 def train_run(preset: str, name: str, overrides: list[str], runs: Path = RUNS) -> Path:
-    """Train (or finish, or reuse) one run under `runs`; its directory."""
+    """Train (or finish, or reuse) one run under `runs`; its directory. A stored run trained with other settings
+    (an older preset) is an error, never silently reused."""
     config = load_config(preset, [f"out_dir={runs}", f"name={name}", *overrides])
     run_dir = runs / name
+    if (run_dir / "config.yaml").is_file() and (stale := _settings_differ(run_dir, config)):
+        raise SystemExit(f"{run_dir} was trained with other settings ({', '.join(stale)}) than {preset} with "
+                         f"{overrides}; remove it to train it again")
     finished = run_dir / "checkpoints" / f"step-{config.train.steps}"
     if finished.is_dir():
         return run_dir
