@@ -57,6 +57,11 @@ def test_the_probabilities_of_all_grids_sum_to_one(kv_heads):
     assert torch.logsumexp(prior.log_prob(grids), 0).exp().item() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_key_value_heads_must_divide_the_query_heads():
+    with pytest.raises(ValueError, match="key/value heads"):
+        CodeTransformer(5, 6, width=16, layers=1, heads=4, kv_heads=3)
+
+
 def test_query_heads_share_a_key_value_head_in_consecutive_groups():
     """Multi-query attention equals multi-head attention whose key and value projections repeat one head's."""
     shared = _prior(5, 6, kv_heads=1)

@@ -152,6 +152,9 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, width: int, heads: int, kv_heads: int | None = None) -> None:
         super().__init__()
         self.heads, self.kv_heads = heads, kv_heads or heads
+        if width % heads or heads % self.kv_heads:
+            raise ValueError(f"width {width}, heads {heads}, kv_heads {self.kv_heads}: heads must divide the width "
+                             "and key/value heads the heads")
         depth = width // heads
         self.qkv = nn.Linear(width, width + 2 * self.kv_heads * depth, bias=False)
         self.out = nn.Linear(width, width, bias=False)
