@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -169,6 +170,16 @@ def test_read_idx_wrong_magic_names_the_file(tmp_path):
     path = tmp_path / "labels-as-images"
     path.write_bytes(idx_bytes(np.arange(5), IDX_LABELS_MAGIC))
     with pytest.raises(DataError, match=r"labels-as-images.*magic number 2049, expected 2051"):
+        read_idx(path, magic=IDX_IMAGES_MAGIC)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_a_header_without_values_is_a_data_error(tmp_path, gz):
+    """A zero in the sizes, even beside sizes too large for numpy (a case the fuzzer found)."""
+    raw = b"\x00\x00\x08\x03" + struct.pack(">3I", 4076863488, 2264924160, 0)
+    path = tmp_path / ("empty.gz" if gz else "empty")
+    path.write_bytes(gzip.compress(raw) if gz else raw)
+    with pytest.raises(DataError, match=r"empty.*\(4076863488, 2264924160, 0\): no values"):
         read_idx(path, magic=IDX_IMAGES_MAGIC)
 
 

@@ -141,6 +141,8 @@ def read_idx(path: Path, *, magic: int) -> np.ndarray:
                 )
             shape = tuple(int(s) for s in np.frombuffer(sizes, dtype=">u4"))
             size = math.prod(shape)
+            if size == 0:  # no values (numpy cannot even shape an empty array as (4e9, 2e9, 0))
+                raise DataError(f"{path}: the IDX header declares shape {shape}: no values")
             if path.suffix == ".gz":  # a stream shows its length only as it is read
                 values = _read_at_most(file, size + 1)
                 available = len(values)
