@@ -25,6 +25,16 @@ def main(argv: list[str] | None = None) -> int:
     except (VaekitError, OSError) as error:  # every expected failure: one message, exit 2
         print(f"vaekit: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Under torchrun: leave the process group before the interpreter exits (gloo's threads, still running at
+    exit, can abort a process that has finished its work)."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 def _parser() -> argparse.ArgumentParser:
