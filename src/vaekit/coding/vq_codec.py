@@ -15,9 +15,9 @@ float32 with bf16 instructions; under 0.01% more bits on Fashion-MNIST) on the C
 thread, then a float32 softmax (10x faster than float64's on a CPU) that constriction quantises to
 integers. Each batch is its own range-coded segment of the payload (the lengths of all but the last
 lead it), so `threads` batches are coded at once, one per Python thread on one CPU each: the
-kernels' numbers never depend on how many threads ran, and a file decodes with any thread count. The batch size is written in the header
-and repeated by the decoder, since kernels can differ with it (the header's thread count says how
-many batches the writer coded at once). A file decodes with the same vaekit and torch build on the
+kernels' numbers never depend on how many threads ran, and a file decodes with any thread count.
+The batch size is written in the header and repeated by the decoder, since kernels can differ with
+it (the header's thread count says how many batches the writer coded at once). A file decodes with the same vaekit and torch build on the
 same instruction set that wrote it; the fingerprint catches other weights or settings, and the CRC
 over the decoded codes catches any difference that remains.
 """
