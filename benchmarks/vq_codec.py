@@ -100,6 +100,8 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")  # apt-get install -y datase
 OPERATING_POINTS = {  # name -> overrides of the fashion-mnist-vqvae preset
     "grid7-k512": [],
     "grid14-k512": ["model.downsamples=1"],
+    # entropy-constrained choice of codes in training (model.rate_weight; the unigram rates of the EMA counts)
+    "grid7-k512-rate0.5": ["model.rate_weight=0.5"],
 }
 
 
@@ -131,12 +133,14 @@ def train_run(preset: str, name: str, overrides: list[str], runs: Path = RUNS) -
     return vaekit.train(config, resume=resume, force=not resume and run_dir.is_dir(), quiet=True)
 
 
-def stage_train(out: Path) -> None:
-    """Every operating point's VQ-VAE, then its code prior."""
+def stage_train(out: Path, points: tuple[str, ...] = tuple(OPERATING_POINTS), threads: int | None = None) -> None:
+    """The operating points' VQ-VAEs, each followed by its code prior (threads: torch threads of each run; 1 runs
+    two points side by side without oversubscribing 2 cores, the steps are fixed)."""
     record = json.loads(out.read_text()) if out.is_file() else {}
-    for point, overrides in OPERATING_POINTS.items():
-        for preset, name, extra in (("fashion-mnist-vqvae", point, overrides),
-                                    ("fashion-mnist-code-prior", f"{point}-prior", [f"parent={RUNS / point}"])):
+    pace = [f"train.num_threads={threads}"] if threads else []
+    for point, overrides in ((name, OPERATING_POINTS[name]) for name in points):
+        for preset, name, extra in (("fashion-mnist-vqvae", point, [*overrides, *pace]),
+                                    ("fashion-mnist-code-prior", f"{point}-prior", [f"parent={RUNS / point}", *pace])):
             start, load = time.perf_counter(), os.getloadavg()
             run_dir = train_run(preset, name, extra)
             metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -399,7 +403,8 @@ def classical_speed(fmt: str, quality: float, images: np.ndarray) -> dict:
             "decompress_images_per_second": len(images) / (end - middle)}
 
 
-def stage_rd(out: Path, formats: tuple[str, ...] = tuple(QUALITIES), curves_only: bool = False) -> None:
+def stage_rd(out: Path, formats: tuple[str, ...] = tuple(QUALITIES), curves_only: bool = False,
+             operating_points: tuple[str, ...] = tuple(OPERATING_POINTS)) -> None:
     """Rate-distortion of every trained operating point against the classical codecs (see the docstring);
     codecs already in the JSON are kept (AVIF at speed 0 takes ~2 minutes per quality setting). curves_only: the
     classical curves missing from the JSON, nothing timed (beside other work)."""
@@ -412,8 +417,10 @@ def stage_rd(out: Path, formats: tuple[str, ...] = tuple(QUALITIES), curves_only
             atomic_write_json(out, record)
     if curves_only:
         return
-    record["vaekit"] = [point for name in OPERATING_POINTS if (RUNS / f"{name}-prior" / "checkpoints").is_dir()
-                        for point in vaekit_points(RUNS / f"{name}-prior", images)]
+    measured = {str((RUNS / f"{name}-prior").relative_to(ROOT)) for name in operating_points}
+    record["vaekit"] = [point for point in record.get("vaekit", []) if point["run"] not in measured] + [
+        point for name in operating_points if (RUNS / f"{name}-prior" / "checkpoints").is_dir()
+        for point in vaekit_points(RUNS / f"{name}-prior", images)]  # the other points' earlier measurements kept
     for fmt, points in record["classical"].items():
         record.setdefault("comparison", {})[fmt] = {
             "file": compare([p["file"] for p in record["vaekit"]], {"file": [p["file"] for p in points]}),
@@ -653,19 +660,22 @@ def main() -> None:
     parser.add_argument("--formats", nargs="+", choices=list(QUALITIES), default=list(QUALITIES),
                         help="rd: the classical codecs to measure (default: all)")
     parser.add_argument("--threads", type=int,
-                        help="remedies, heads: torch threads of the training runs (default: torch's)")
+                        help="train, remedies, heads: torch threads of the training runs (default: torch's)")
     parser.add_argument("--kv-heads", type=int, nargs="+", default=list(PRIOR_KV_HEADS),
                         help="heads: the priors' key/value head counts to train and measure")
     parser.add_argument("--no-speed", action="store_true", help="heads: train and score only, nothing timed")
     parser.add_argument("--curves-only", action="store_true",
                         help="rd: only the classical curves missing from the JSON, nothing timed")
+    parser.add_argument("--points", nargs="+", choices=list(OPERATING_POINTS), default=list(OPERATING_POINTS),
+                        help="train, rd: the operating points (default: all)")
     args = parser.parse_args()
     if args.stage == "train":
-        stage_train(ROOT / "results" / "vq_codec_train.json")
+        stage_train(ROOT / "results" / "vq_codec_train.json", tuple(args.points), args.threads)
     elif args.stage == "quantiser":
         stage_quantiser(ROOT / "results" / "vq_quantiser_speed.json")
     elif args.stage == "rd":
-        stage_rd(ROOT / "results" / "vq_rate_distortion.json", tuple(args.formats), args.curves_only)
+        stage_rd(ROOT / "results" / "vq_rate_distortion.json", tuple(args.formats), args.curves_only,
+                 tuple(args.points))
     elif args.stage == "speed":
         stage_speed(ROOT / "results" / "vq_codec_speed.json")
     elif args.stage == "health":

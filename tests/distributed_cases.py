@@ -39,7 +39,7 @@ CASES: dict[str, tuple[str, list[str], str | None]] = {
                                               "groups_per_scale: [1, 2], kl_warmup_steps: 10, spectral_regularisation: 0.1}")],
                          None),
     "vqvae": ("digits-vae", [*DIGITS, "data.binarize=none", ("model={name: vqvae, channels: 8, downsamples: 1, "
-                                                              "residual_cells: 1, num_codes: 16, code_dim: 4}")], None),
+                                                              "residual_cells: 1, num_codes: 16, code_dim: 4, rate_weight: 0.5}")], None),
     "code-prior": ("digits-code-prior", ["model={name: code-prior, width: 16, layers: 1, heads: 2}"], "vqvae"),
     "toy-codebook": ("digits-vae", [*DIGITS, "data.binarize=none", "model={name: toy-codebook}"], None),
 }

@@ -366,3 +366,20 @@ def test_info_describes_a_vqz_file_from_its_header_without_building_a_model(runs
     path.write_bytes(b"PNG" + data[3:])
     assert main(["info", str(path)]) == 2
     assert "is not a .vqz file" in capsys.readouterr().err
+
+
+def test_a_vq_vae_trained_with_a_rate_weight_codes_with_its_own_choice_of_codes(tmp_path, test_digits):
+    """model.rate_weight: training and the codec (rate weight 0) choose codes by the same entropy-constrained rule."""
+    vq = vaekit.train(tiny_config(tmp_path, "data.binarize=none", VQ.replace("}", ", rate_weight: 1.0}"),
+                                  "train.steps=60", "train.batch_size=64", "train.lr=0.003", "train.eval_every=60",
+                                  "train.checkpoint_every=60", name="vq-rate"), quiet=True)
+    config = load_config("digits-code-prior", [f"out_dir={tmp_path}", "name=prior", f"parent={vq}", "model.width=16",
+                                               "train.steps=10", "train.eval_every=10", "train.checkpoint_every=10",
+                                               "eval.num_grid_images=4"])
+    codec = VQCodec(vaekit.load(vaekit.train(config, quiet=True)))
+    assert codec.vq.quantizer.mean_distance > 0  # the unit of lambda, learned in training
+    _, codes = codec.decode_codes(codec.compress(test_digits))
+    with torch.inference_mode():
+        own = codec.vq.quantizer.assign(codec.encoder_vectors(test_digits).flatten(0, 1)).view_as(codes)
+        assert torch.equal(codes, own)
+        assert not torch.equal(codes, nearest_grids(codec, test_digits))  # the rate moved some choices

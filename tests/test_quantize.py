@@ -160,3 +160,42 @@ def test_last_used_records_the_last_step_with_an_assignment():
     quantizer.update_buffers(torch.cat([near_0, near_1]), Batch.of(torch.zeros(8, 1)), step=3)
     quantizer.update_buffers(near_0, Batch.of(torch.zeros(4, 1)), step=7)
     assert quantizer.last_used.tolist() == [7, 3, -1]
+
+
+def test_a_rate_weight_chooses_the_code_of_least_distance_plus_lambda_times_its_information():
+    g = torch.Generator().manual_seed(1)
+    codebook = torch.randn(6, 3, generator=g)
+    quantizer = _quantizer(codebook, rate_weight=0.5, decay=0.9)
+    quantizer.cluster_size.copy_(torch.tensor([50.0, 20.0, 10.0, 10.0, 5.0, 5.0]))
+    quantizer.mean_distance.fill_(2.0)
+    vectors = torch.randn(400, 3, generator=g)
+    shares = (quantizer.cluster_size + 1e-5) / (100 + 6e-5)  # Laplace smoothed, eps 1e-5
+    lam = 0.5 * 2.0
+    expected = (torch.cdist(vectors.double(), codebook.double()).pow(2) - lam * shares.double().log()).argmin(1)
+    found = quantizer(vectors).indices
+    assert torch.equal(found, expected)
+    nearest = nearest_codes(vectors, codebook)
+    assert (found != nearest).any()  # the rate moved some choices ...
+    assert (found == 0).sum() > (nearest == 0).sum()  # ... towards the likeliest code
+
+
+def test_without_a_rate_weight_the_choice_is_the_nearest_code_and_no_distance_is_kept():
+    codebook = torch.randn(6, 3, generator=torch.Generator().manual_seed(2))
+    quantizer = _quantizer(codebook, decay=0.9)
+    vectors = torch.randn(50, 3, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(quantizer(vectors).indices, nearest_codes(vectors, codebook))
+    assert "mean_distance" not in quantizer.state_dict()
+
+
+def test_the_mean_distance_follows_the_squared_distances_of_the_assigned_codes_by_the_ema():
+    codebook = torch.tensor([[0.0, 0.0], [10.0, 10.0]])
+    quantizer = _quantizer(codebook, rate_weight=1.0, decay=0.9)
+    quantizer.mean_distance.fill_(4.0)
+    vectors = torch.tensor([[1.0, 0.0], [0.0, 2.0], [10.0, 13.0]])  # squared distances 1, 4, 9 to their codes
+    quantizer.update_buffers(vectors, Batch.of(vectors), indices=torch.tensor([0, 0, 1]))
+    assert quantizer.mean_distance.item() == pytest.approx(0.9 * 4.0 + 0.1 * (1 + 4 + 9) / 3)
+
+
+def test_a_rate_weight_without_the_ema_codebook_is_refused():
+    with pytest.raises(ValueError, match="EMA"):
+        VectorQuantizer(8, 2, ema=False, rate_weight=1.0)

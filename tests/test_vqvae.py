@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from conftest import colour_stripes, tiny_config
 from safetensors.torch import load_file
 
 import vaekit
+from vaekit.errors import ConfigError
 from vaekit.models.vqvae import VQVAE, VQVAEConfig
 from vaekit.quantize import nearest_codes
 
@@ -72,3 +74,8 @@ def test_the_colour_preset_trains_on_generated_32x32_images_and_its_codes_compre
         padded = torch.nn.functional.pad(odd, (0, 5, 0, 2), mode="replicate")
         vectors = codec.encoder_vectors(padded).flatten(0, 1)
         assert torch.equal(codes.flatten(), nearest_codes(vectors, codec.vq.quantizer.codebook))
+
+
+def test_a_rate_weight_without_the_ema_codebook_is_one_config_error():
+    with pytest.raises(ConfigError, match="model.rate_weight needs model.ema=true"):
+        VQVAE(VQVAEConfig(image_shape=(1, 8, 8), ema=False, rate_weight=0.5))

@@ -23,17 +23,20 @@ from vaekit.batch import Batch
 GradientMode = Literal["straight_through", "rotation"]
 
 
-def nearest_codes(vectors: Tensor, codebook: Tensor, *, max_block_bytes: int = 4 * 2**20,
-                  codes_per_tile: int = 1024) -> Tensor:
-    """argmin_k ||z_e - e_k||^2 for vectors (N, D), codebook (K, D) -> indices (N,), int64 (the first of ties).
+def nearest_codes(vectors: Tensor, codebook: Tensor, *, code_bias: Tensor | None = None,
+                  max_block_bytes: int = 4 * 2**20, codes_per_tile: int = 1024) -> Tensor:
+    """argmin_k ||z_e - e_k||^2 + b_k for vectors (N, D), codebook (K, D), an optional bias per code b (K,)
+    (default 0: the nearest code) -> indices (N,), int64 (the first of ties).
 
-    ||z_e||^2 does not change the argmin, so a tile of rows x codes scores ||e_k||^2 - 2 z_e . e_k with
+    ||z_e||^2 does not change the argmin, so a tile of rows x codes scores ||e_k||^2 + b_k - 2 z_e . e_k with
     one matmul into a reused buffer of `max_block_bytes`; each row keeps its running minimum over the
     tiles of codes. Never the whole N x K matrix: with a code dimension of ~64 the matmul is bound by
     writing its scores, so tiles that stay in cache are faster (and a tile of codes is reused by many rows).
     """
     vectors, codebook = vectors.float(), codebook.float()
     code_norms = codebook.pow(2).sum(1)  # (K,)
+    if code_bias is not None:
+        code_norms = code_norms + code_bias.float()
     codes_per_tile = min(codes_per_tile, len(codebook))
     rows_per_tile = max(1, min(len(vectors), max_block_bytes // (4 * codes_per_tile)))
     scores = vectors.new_empty(rows_per_tile, codes_per_tile)  # one buffer for every tile: no page faults
@@ -131,11 +134,13 @@ class VectorQuantizer(nn.Module):
 
     def __init__(self, num_codes: int, code_dim: int, *, ema: bool = True, decay: float = 0.99, eps: float = 1e-5,
                  gradient: GradientMode = "straight_through", kmeans_iterations: int = 10,
-                 restart_after: int = 0) -> None:
+                 restart_after: int = 0, rate_weight: float = 0.0) -> None:
         super().__init__()
+        if rate_weight and not ema:
+            raise ValueError("rate_weight needs the EMA codebook (its counts are the codes' probabilities)")
         self.num_codes, self.code_dim = num_codes, code_dim
         self.ema, self.decay, self.eps, self.gradient = ema, decay, eps, gradient
-        self.kmeans_iterations, self.restart_after = kmeans_iterations, restart_after
+        self.kmeans_iterations, self.restart_after, self.rate_weight = kmeans_iterations, restart_after, rate_weight
         codebook = torch.empty(num_codes, code_dim).uniform_(-1.0 / num_codes, 1.0 / num_codes)  # (K, D)
         if ema:
             self.register_buffer("codebook", codebook)
@@ -147,10 +152,26 @@ class VectorQuantizer(nn.Module):
         self.register_buffer("last_used", torch.full((num_codes,), -1, dtype=torch.long))
         self.register_buffer("last_restart", torch.zeros(num_codes, dtype=torch.long))
         self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))  # k-means done
+        if rate_weight:  # EMA (decay) of the global batch's mean squared distance from z_e to its code: lambda's unit
+            self.register_buffer("mean_distance", torch.zeros(()))
+
+    def code_bias(self) -> Tensor | None:
+        """Per code (K,): -lambda ln pi_k, pi_k the EMA share of assignments (Laplace smoothed), lambda = rate_weight
+        x `mean_distance` (entropy-constrained VQ, Chou, Lookabaugh & Gray 1989, eq. 9, with the codes' unigram
+        rates); None without a rate weight or before the first statistics."""
+        if not self.rate_weight or not bool(self.initialised):
+            return None
+        smoothed = laplace_smoothed(self.cluster_size, self.eps)
+        return -self.rate_weight * self.mean_distance * torch.log(smoothed / smoothed.sum())
+
+    def assign(self, vectors: Tensor) -> Tensor:
+        """The code of each of vectors (N, D) -> (N,) int64: the nearest, or with a rate weight the one of least
+        squared distance + lambda x its unigram information (`code_bias`); the same rule in training and in use."""
+        return nearest_codes(vectors.detach(), self.codebook.detach(), code_bias=self.code_bias())
 
     def forward(self, vectors: Tensor) -> Quantised:
-        """Quantise vectors (N, D): nearest codes, their losses, z_q with the configured gradient."""
-        indices = nearest_codes(vectors.detach(), self.codebook.detach())  # (N,)
+        """Quantise vectors (N, D): their codes (`assign`), their losses, z_q with the configured gradient."""
+        indices = self.assign(vectors)  # (N,)
         codes = self.codebook[indices].to(vectors.dtype)  # (N, D)
         commitment = (vectors - codes.detach()).pow(2).sum(-1)
         codebook_loss = torch.zeros_like(commitment) if self.ema else (vectors.detach() - codes).pow(2).sum(-1)
@@ -171,7 +192,8 @@ class VectorQuantizer(nn.Module):
         those of its clusters). Then, under EMA: N_k <- g N_k + (1-g) n_k, m_k <- g m_k + (1-g)
         sum_{z_e -> k} z_e, e_k = m_k / smoothed N_k (paper App. A.1, eqs. 6-8; Laplace smoothing as
         Sonnet). A code without an assignment in the global batch for more than `restart_after` steps
-        restarts at a random vector of the global batch (a dead code costs bits and buys nothing).
+        restarts at a random vector of the global batch (a dead code costs bits and buys nothing). With a
+        rate weight, `mean_distance` follows the global batch's mean ||z_e - e_k||^2 by the same EMA.
         """
         per_example = vectors.detach().float().reshape(vectors.shape[0], -1, self.code_dim)  # (B, P, D)
         vectors = per_example.reshape(-1, self.code_dim)  # (B*P, D)
@@ -182,9 +204,12 @@ class VectorQuantizer(nn.Module):
             self.initialised.fill_(True)
             self.last_restart.fill_(step)
         if first or indices is None:
-            indices = nearest_codes(vectors, self.codebook)
+            indices = self.assign(vectors)
         local_counts, local_sums = assignment_statistics(vectors, indices.reshape(-1), self.num_codes)
         counts = batch.all_reduce(local_counts)  # (K,) over the global batch
+        if self.rate_weight:  # before the codebook moves: the distances the step's assignments had
+            distance = batch.all_reduce((vectors - self.codebook[indices.reshape(-1)]).pow(2).sum()) / counts.sum()
+            self.mean_distance.copy_(distance if first else torch.lerp(self.mean_distance, distance, 1.0 - self.decay))
         self.last_used[counts > 0] = step
         if self.ema and first:  # the counts of the k-means clusters; the centres stay as they are
             self.cluster_size.copy_(counts)

@@ -52,7 +52,7 @@ from vaekit.coding.container import (
 from vaekit.errors import CapabilityError, CodecError, ConfigError, DataError
 from vaekit.models.base import GenerativeModel
 from vaekit.models.code_prior import CodePrior
-from vaekit.quantize import nearest_codes, rate_constrained_codes
+from vaekit.quantize import rate_constrained_codes
 
 CODER_SETTINGS = b"range;categorical-leaky;softmax-f32;cached-step;bf16-weights;one-thread;segment-per-batch;" \
     b"be-words-ff-trimmed;v4"
@@ -144,8 +144,8 @@ class VQCodec:
     the Fashion-MNIST preset; smaller when that gives every thread a batch); threads: batches coded at
     once, one CPU each (default: torch's thread count); rate_weight: lambda of the
     encoder's choice of codes, argmin_k ||z_e - e_k||^2 - lambda ln p(k | c_<i) position by position in
-    coding order (entropy-constrained VQ; 0: the nearest code). Larger values give smaller files and
-    lower quality from the same models; decoding does not depend on it.
+    coding order (entropy-constrained VQ; 0: the VQ-VAE's own choice, `VectorQuantizer.assign`). Larger values
+    give smaller files and lower quality from the same models; decoding does not depend on it.
     """
 
     def __init__(self, model: GenerativeModel, *, batch: int = 1024, threads: int | None = None,
@@ -251,7 +251,7 @@ class VQCodec:
         vectors = self.encoder_vectors(images)  # (B, P, D)
         codebook = self.vq.quantizer.codebook
         if self.rate_weight == 0:
-            nearest = nearest_codes(vectors.flatten(0, 1), codebook).view(len(images), -1).numpy().astype(np.int32)
+            nearest = self.vq.quantizer.assign(vectors.flatten(0, 1)).view(len(images), -1).numpy().astype(np.int32)
             return lambda position, probabilities: np.ascontiguousarray(nearest[:, position])
         vectors, codebook = vectors.double(), codebook.double()  # converted once for every position
 

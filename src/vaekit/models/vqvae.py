@@ -1,11 +1,12 @@
 """VQ-VAE (van den Oord, Vinyals, Kavukcuoglu, NeurIPS 2017, arXiv 1711.00937).
 
-x (B, C, H, W) -> conv + residual encoder -> z_e (B, D, H', W') -> nearest of K codes -> z_q ->
-decoder -> p(x | z_q), one of vaekit.likelihoods. The codes form a grid of integers (B, H', W'),
-H' = H / 2^downsamples. Loss per image (eq. 3): -log p(x | z_q) + ||sg[z_e] - e||^2 + beta ||z_e -
-sg[e]||^2, the two quantiser terms summed over grid positions and code dimensions like the
-reconstruction is summed over pixels; with `ema` the codebook follows an exponential moving average
-instead of its loss (App. A.1), updated in the post-step hook over the global batch.
+x (B, C, H, W) -> conv + residual encoder -> z_e (B, D, H', W') -> one of K codes (the nearest, or
+entropy-constrained with model.rate_weight) -> z_q -> decoder -> p(x | z_q), one of vaekit.likelihoods.
+The codes form a grid of integers (B, H', W'), H' = H / 2^downsamples. Loss per image (eq. 3):
+-log p(x | z_q) + ||sg[z_e] - e||^2 + beta ||z_e - sg[e]||^2, the two quantiser terms summed over grid
+positions and code dimensions like the reconstruction is summed over pixels; with `ema` the codebook follows
+an exponential moving average instead of its loss (App. A.1), updated in the post-step hook over the global
+batch.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class VQVAEConfig(ModelConfig):
     ema_decay: float = Field(0.99, gt=0, lt=1)  # gamma of the EMA
     gradient: GradientMode = "straight_through"  # or "rotation" (Fifty et al. 2025)
     restart_after: int = Field(100, ge=0)  # restart a code unused (global batch) for more steps than this; 0 = off
+    # entropy-constrained choice of codes in training and use: argmin ||z_e - e_k||^2 - lambda ln pi_k, pi the EMA
+    # code shares, lambda = rate_weight x the running mean squared distance to the chosen code; 0 = nearest (needs ema)
+    rate_weight: float = Field(0.0, ge=0)
     likelihood: LikelihoodName = "gaussian"  # p(x | z_q); gaussian with fixed std = scaled squared error
     gaussian_std: PositiveFloat | None = 0.1  # gaussian: fixed std
     num_bins: int = Field(256, ge=2)  # logistic likelihoods: intensity levels
@@ -64,6 +68,8 @@ class VQVAE(GenerativeModel):
             raise ConfigError(f"vqvae with downsamples={config.downsamples} needs image height and width divisible "
                               f"by {factor}, got {height}x{width}")
         self.grid = (height // factor, width // factor)
+        if config.rate_weight and not config.ema:
+            raise ConfigError("vqvae: model.rate_weight needs model.ema=true (the EMA counts are the codes' rates)")
         self.likelihood = ImageLikelihood(name=config.likelihood, num_bins=config.num_bins,
                                           num_mixtures=config.num_mixtures, gaussian_std=config.gaussian_std)
         ch = config.channels
@@ -79,9 +85,10 @@ class VQVAE(GenerativeModel):
         self.decoder = nn.Sequential(*up, nn.SiLU(),
                                      nn.Conv2d(ch, self.likelihood.num_params(in_channels), 3, padding=1))
         self.quantizer = VectorQuantizer(config.num_codes, config.code_dim, ema=config.ema, decay=config.ema_decay,
-                                         gradient=config.gradient, restart_after=config.restart_after)
+                                         gradient=config.gradient, restart_after=config.restart_after,
+                                         rate_weight=config.rate_weight)
         self._step_vectors: Tensor | None = None  # this step's encoder vectors, for the post-step codebook update
-        self._step_indices: Tensor | None = None  # and their nearest codes
+        self._step_indices: Tensor | None = None  # and their codes
 
     def _encode_vectors(self, x: Tensor) -> Tensor:
         """z_e as rows: (B, C, H, W) -> (B * H' * W', D)."""
@@ -129,7 +136,8 @@ class VQVAE(GenerativeModel):
         return self._encode_vectors(x).float().view(x.shape[0], -1, self.config.code_dim)
 
     def latent_codes(self, x: Tensor) -> Tensor:
-        """The code grid of x, the nearest code to each z_e: (B, H', W') int64."""
+        """The code grid of x, each z_e's code (`VectorQuantizer.assign`: the nearest without a rate weight):
+        (B, H', W') int64."""
         return self.quantizer(self.latent_vectors(x).flatten(0, 1)).indices.view(x.shape[0], *self.grid)
 
     def decode_mean(self, codes: Tensor) -> Tensor:
