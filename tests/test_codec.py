@@ -95,6 +95,15 @@ def test_a_sealed_payload_drops_what_0xff_padding_restores_and_still_decodes_the
     assert np.mean(saved) > 1.0, saved
 
 
+def test_a_cut_whose_padded_words_the_coder_rejects_is_not_taken_and_not_an_error():
+    """constriction raises AssertionError on words its coder cannot have written; sealing treats such a cut as one that
+    does not decode. Two words of 0xFF bytes under a skewed two-symbol model are such words, however they are cut."""
+    words = np.array([0xFFFFFFFF, 0xFFFFFFFF], dtype=np.uint32)
+    probabilities = np.array([[0.999, 0.001]])
+    coded = [(np.array([0], dtype=np.int32), probabilities)] * 40
+    assert sealed(words, coded) == b"\xff" * 8
+
+
 def test_single_images_get_trimmed_payloads_and_decode_to_their_codes(runs, test_digits):
     codec = VQCodec(vaekit.load(runs[1]))
     cuts = []

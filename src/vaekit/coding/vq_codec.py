@@ -80,11 +80,19 @@ def sealed(words: np.ndarray, coded: list[tuple[np.ndarray, np.ndarray]] | None)
     file on average."""
     data = words.astype(">u4").tobytes()
     for cut in (3, 2, 1) if coded is not None else ():
-        if cut < len(data):
-            decoder = constriction.stream.queue.RangeDecoder(payload_words(data[:-cut]))
-            if all(np.array_equal(decoder.decode(FAMILY, p), s) for s, p in coded):
-                return data[:-cut]
+        if cut < len(data) and _decodes_to(data[:-cut], coded):
+            return data[:-cut]
     return data
+
+
+def _decodes_to(data: bytes, coded: list[tuple[np.ndarray, np.ndarray]]) -> bool:
+    """Whether a payload, padded as a decoder pads it, decodes to the symbols of `coded` (a padded stream the coder
+    could not have written is a no, not an error)."""
+    decoder = constriction.stream.queue.RangeDecoder(payload_words(data))
+    try:
+        return all(np.array_equal(decoder.decode(FAMILY, p), s) for s, p in coded)
+    except AssertionError:  # constriction's word for bits its coder cannot have written
+        return False
 
 
 def _split_segments(payload: bytes, count: int) -> list[bytes] | None:
