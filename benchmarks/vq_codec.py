@@ -102,7 +102,6 @@ OPERATING_POINTS = {  # name -> overrides of the fashion-mnist-vqvae preset
     "grid14-k512": ["model.downsamples=1"],
     # entropy-constrained choice of codes in training (model.rate_weight; the unigram rates of the EMA counts)
     "grid7-k512-rate0.5": ["model.rate_weight=0.5"],
-    "grid7-k512-rate1.5": ["model.rate_weight=1.5"],
 }
 
 
@@ -147,9 +146,11 @@ def stage_train(out: Path, points: tuple[str, ...] = tuple(OPERATING_POINTS), th
             test = [m for m in metrics if m.get("split") == "test"]
             record = json.loads(out.read_text()) if out.is_file() else {}  # read again: points train side by side
             wall = time.perf_counter() - start
-            if wall > 60 or name not in record:  # a run found finished keeps the pace and load it was trained at
+            if wall > 60:  # trained (or finished) by this call; a run found finished keeps what was recorded
                 record[name] = {"preset": preset, "overrides": extra, "wall_seconds_this_call": wall,
                                 "loadavg_start": load, "loadavg_end": os.getloadavg()}
+            elif name not in record:
+                record[name] = {"preset": preset, "overrides": extra, "found_finished": True}
             record[name] |= {"train_seconds": max(m.get("train_seconds", 0.0) for m in metrics),
                              "last_test": test[-1] if test else None}
             atomic_write_json(out, record)
