@@ -255,12 +255,13 @@ class VQCodec:
 
     def _chooser(self, images: Tensor) -> CodeChoice:
         """The code each of a batch of images (B, C, H, W) gets at a position, given the prior's probabilities
-        there (B, K): its nearest, or with a rate weight the one of least distortion + lambda x information."""
+        there (B, K): the VQ-VAE's own (`VectorQuantizer.assign`), or with a rate weight the one of least distortion +
+        lambda x information under the prior."""
         vectors = self.encoder_vectors(images)  # (B, P, D)
         codebook = self.vq.quantizer.codebook
         if self.rate_weight == 0:
-            nearest = self.vq.quantizer.assign(vectors.flatten(0, 1)).view(len(images), -1).numpy().astype(np.int32)
-            return lambda position, probabilities: np.ascontiguousarray(nearest[:, position])
+            own = self.vq.quantizer.assign(vectors.flatten(0, 1)).view(len(images), -1).numpy().astype(np.int32)
+            return lambda position, probabilities: np.ascontiguousarray(own[:, position])
         vectors, codebook = vectors.double(), codebook.double()  # converted once for every position
 
         def choose(position: int, probabilities: np.ndarray) -> np.ndarray:
