@@ -411,28 +411,28 @@ def stage_rd(out: Path, formats: tuple[str, ...] = tuple(QUALITIES), curves_only
              operating_points: tuple[str, ...] = tuple(OPERATING_POINTS)) -> None:
     """Rate-distortion of every trained operating point against the classical codecs (see the docstring);
     codecs already in the JSON are kept (AVIF at speed 0 takes ~2 minutes per quality setting). curves_only: the
-    classical curves missing from the JSON, nothing timed (beside other work)."""
+    classical curves missing from the JSON and the comparisons of the points already measured, nothing timed
+    (beside other work)."""
     images = test_images()
     record = json.loads(out.read_text()) if out.is_file() else {}
-    record |= {"images": len(images), "threads": torch.get_num_threads(), "loadavg_start": os.getloadavg()}
     for fmt, qualities in ((f, QUALITIES[f]) for f in formats):
         if fmt not in record.get("classical", {}):
             record.setdefault("classical", {})[fmt] = [classical_point(fmt, q, images) for q in qualities]
             atomic_write_json(out, record)
-    if curves_only:
-        return
-    measured = {str((RUNS / f"{name}-prior").relative_to(ROOT)) for name in operating_points}
-    record["vaekit"] = [point for point in record.get("vaekit", []) if point["run"] not in measured] + [
-        point for name in operating_points if (RUNS / f"{name}-prior" / "checkpoints").is_dir()
-        for point in vaekit_points(RUNS / f"{name}-prior", images)]  # the other points' earlier measurements kept
+    if not curves_only:
+        record |= {"images": len(images), "threads": torch.get_num_threads(), "loadavg_start": os.getloadavg()}
+        measured = {str((RUNS / f"{name}-prior").relative_to(ROOT)) for name in operating_points}
+        record["vaekit"] = [point for point in record.get("vaekit", []) if point["run"] not in measured] + [
+            point for name in operating_points if (RUNS / f"{name}-prior" / "checkpoints").is_dir()
+            for point in vaekit_points(RUNS / f"{name}-prior", images)]  # the other points' earlier measurements kept
+        record["speed"] = [classical_speed(fmt, quality, images) for fmt, quality in (("WEBP", 10), ("AVIF", 30))
+                           if fmt in formats]
+        record["loadavg_end"] = os.getloadavg()
     for fmt, points in record["classical"].items():
         record.setdefault("comparison", {})[fmt] = {
-            "file": compare([p["file"] for p in record["vaekit"]], {"file": [p["file"] for p in points]}),
-            "stream": compare([p["stream"] for p in record["vaekit"]],
+            "file": compare([p["file"] for p in record.get("vaekit", [])], {"file": [p["file"] for p in points]}),
+            "stream": compare([p["stream"] for p in record.get("vaekit", [])],
                               {kind: [p["stream"][kind] for p in points] for kind in ("stripped", "tiled")})}
-    record["speed"] = [classical_speed(fmt, quality, images) for fmt, quality in (("WEBP", 10), ("AVIF", 30))
-                       if fmt in formats]
-    record["loadavg_end"] = os.getloadavg()
     atomic_write_json(out, record)
 
 
