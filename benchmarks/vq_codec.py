@@ -140,20 +140,29 @@ def stage_train(out: Path, points: tuple[str, ...] = tuple(OPERATING_POINTS), th
     for point, overrides in ((name, OPERATING_POINTS[name]) for name in points):
         for preset, name, extra in (("fashion-mnist-vqvae", point, [*overrides, *pace]),
                                     ("fashion-mnist-code-prior", f"{point}-prior", [f"parent={RUNS / point}", *pace])):
-            start, load = time.perf_counter(), os.getloadavg()
+            start, load, seconds_before = time.perf_counter(), os.getloadavg(), _train_seconds(RUNS / name)
             run_dir = train_run(preset, name, extra)
-            metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            metrics = _metrics(run_dir)
             test = [m for m in metrics if m.get("split") == "test"]
             record = json.loads(out.read_text()) if out.is_file() else {}  # read again: points train side by side
-            wall = time.perf_counter() - start
-            if wall > 60:  # trained (or finished) by this call; a run found finished keeps what was recorded
-                record[name] = {"preset": preset, "overrides": extra, "wall_seconds_this_call": wall,
+            if _train_seconds(run_dir) > seconds_before:  # this call trained; a run found finished keeps its record
+                record[name] = {"preset": preset, "overrides": extra, "wall_seconds_this_call": time.perf_counter() - start,
                                 "loadavg_start": load, "loadavg_end": os.getloadavg()}
             elif name not in record:
                 record[name] = {"preset": preset, "overrides": extra, "found_finished": True}
-            record[name] |= {"train_seconds": max(m.get("train_seconds", 0.0) for m in metrics),
-                             "last_test": test[-1] if test else None}
+            record[name] |= {"train_seconds": _train_seconds(run_dir), "last_test": test[-1] if test else None}
             atomic_write_json(out, record)
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    """A run's metrics.jsonl records (none before its first log)."""
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _train_seconds(run_dir: Path) -> float:
+    """The engine's training seconds of a run so far (0 before any)."""
+    return max((m.get("train_seconds", 0.0) for m in _metrics(run_dir)), default=0.0)
 
 
 def _quantisers(codebook: torch.Tensor) -> dict[str, tuple[torch.nn.Module, object]]:
@@ -553,10 +562,9 @@ HEALTH_SETTINGS = ["train.batch_size=64", "model.restart_after=20"]
 HEALTH_PROBE = (20, 60)  # steps per second between these steps of a probe run (after k-means, with restarts)
 
 
-def _train_seconds(run_dir: Path) -> dict[int, float]:
+def _train_seconds_by_step(run_dir: Path) -> dict[int, float]:
     """The engine's train_seconds at each logged training step of a run."""
-    return {m["step"]: m["train_seconds"] for m in map(json.loads, (run_dir / "metrics.jsonl").open())
-            if m["split"] == "train"}
+    return {m["step"]: m["train_seconds"] for m in _metrics(run_dir) if m["split"] == "train"}
 
 
 def vaekit_health(num_codes: int, seconds: float) -> dict:
@@ -568,14 +576,14 @@ def vaekit_health(num_codes: int, seconds: float) -> dict:
                  "train.eval_every=100000", "train.checkpoint_every=100000", "train.log_every=10", *HEALTH_SETTINGS]
     probe = vaekit.train("fashion-mnist-vqvae", overrides=[
         *overrides, f"name=probe-{num_codes}", f"train.steps={HEALTH_PROBE[1]}"], force=True, quiet=True)
-    elapsed = _train_seconds(probe)
+    elapsed = _train_seconds_by_step(probe)
     rate = (HEALTH_PROBE[1] - HEALTH_PROBE[0]) / (elapsed[HEALTH_PROBE[1]] - elapsed[HEALTH_PROBE[0]])
     steps = max(1, int((seconds - elapsed[HEALTH_PROBE[0]]) * rate) + HEALTH_PROBE[0])
     for _ in range(3):
         run_dir = vaekit.train("fashion-mnist-vqvae", overrides=[
             *overrides, f"name=k{num_codes}", f"train.steps={steps}", f"train.checkpoint_every={steps}"],
             force=True, quiet=True)
-        elapsed = _train_seconds(run_dir)
+        elapsed = _train_seconds_by_step(run_dir)
         if max(elapsed.values()) <= 1.02 * seconds:
             break
         steps = max(step for step, spent in elapsed.items() if spent <= seconds)
@@ -645,12 +653,11 @@ def stage_heads(out: Path, kv_heads: tuple[int, ...], threads: int | None, speed
         overrides = [f"parent={RUNS / point}", f"model.kv_heads={kv}",
                      *([f"train.num_threads={threads}"] if threads else [])]
         run_dir = train_run("fashion-mnist-code-prior", f"{point}-prior-kv{kv}", overrides)
-        metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        test = [m for m in metrics if m.get("split") == "test"][-1]
+        test = [m for m in _metrics(run_dir) if m.get("split") == "test"][-1]
         record = json.loads(out.read_text()) if out.is_file() else {}
         entry = record.setdefault(str(kv), {})
         entry |= {"code_bits_per_grid": test["code_bits_per_grid"], "psnr": test["psnr"], "step": test["step"],
-                  "train_seconds": max(m.get("train_seconds", 0.0) for m in metrics),
+                  "train_seconds": _train_seconds(run_dir),
                   "parameters": sum(p.numel() for p in vaekit.load(run_dir).prior.parameters())}
         if speed:
             entry["speed"] = codec_speed(run_dir, images) | {"loadavg": os.getloadavg()}
