@@ -11,7 +11,8 @@
 Stage `train` trains, on the training split only, each operating point of `OPERATING_POINTS` (the
 `fashion-mnist-vqvae` preset with the listed overrides) and then a `fashion-mnist-code-prior` run
 over its codes. Run directories go to benchmarks/results/partial/vq/; a stage that finds a finished
-run reuses it and resumes an unfinished one from its newest checkpoint. Progress and the load
+run reuses it and resumes an unfinished one from its newest checkpoint; a point in `CONTINUES` starts as a
+copy of another point's finished run and resumes it for its own steps. Progress and the load
 average go to benchmarks/results/vq_codec_train.json after every run.
 
 Stage `quantiser` (reference environment): one training step of each quantiser alone on encoder
@@ -81,6 +82,7 @@ import argparse
 import io
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -100,18 +102,39 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")  # apt-get install -y datase
 OPERATING_POINTS = {  # name -> overrides of the fashion-mnist-vqvae preset
     "grid7-k512": [],
     "grid14-k512": ["model.downsamples=1"],
+    "grid7-k2048": ["model.num_codes=2048"],
+    # the grid7-k512 VQ-VAE trained 3x as long (it continues that run: see CONTINUES)
+    "grid7-k512-18k": ["train.steps=18000"],
     # entropy-constrained choice of codes in training (model.rate_weight; the unigram rates of the EMA counts)
     "grid7-k512-rate0.5": ["model.rate_weight=0.5"],
 }
 
 
+# training settings that do not change the weights a run ends with (its pace and how often it is saved)
+SCHEDULING_KEYS = frozenset({"num_threads", "checkpoint_every", "keep_checkpoints"})
+# checkpoints every 500 steps: an interrupted 14x14 prior (~2.7 s a step at one thread) loses at most ~20 minutes
+CHECKPOINTS = ["train.checkpoint_every=500"]
+
+
+# point -> the point whose finished VQ-VAE run it continues for more steps: the preset's learning rate is constant and
+# a resume is bit-identical, so this is the longer run without paying its first steps twice
+CONTINUES = {"grid7-k512-18k": "grid7-k512"}
+
+
+def _continue_run(source: Path, target: Path) -> None:
+    """Start `target` as a copy of the run `source`, to be resumed with its own settings (its config.yaml is written
+    again at the resume)."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("tensorboard"))
+    (target / "config.yaml").unlink()
+
+
 def _settings_differ(run_dir: Path, wanted: vaekit.RunConfig) -> list[str]:
-    """The model and training settings `wanted` names (not None; threads aside) that a stored run was not trained
-    with, as "section.key"."""
+    """The model and training settings `wanted` names (not None; scheduling aside) that a stored run was not
+    trained with, as "section.key"."""
     saved = config_to_dict(load_config(run_dir / "config.yaml"))
     expected = config_to_dict(wanted)
     return [f"{section}.{key}" for section in ("model", "train") for key, value in expected[section].items()
-            if value is not None and key != "num_threads" and saved[section].get(key) != value]
+            if value is not None and key not in SCHEDULING_KEYS and saved[section].get(key) != value]
 
 
 def train_run(preset: str, name: str, overrides: list[str], runs: Path = RUNS) -> Path:
@@ -136,10 +159,12 @@ def train_run(preset: str, name: str, overrides: list[str], runs: Path = RUNS) -
 def stage_train(out: Path, points: tuple[str, ...] = tuple(OPERATING_POINTS), threads: int | None = None) -> None:
     """The operating points' VQ-VAEs, each followed by its code prior (threads: torch threads of each run; 1 runs
     two points side by side without oversubscribing 2 cores, the steps are fixed)."""
-    pace = [f"train.num_threads={threads}"] if threads else []
+    pace = [*CHECKPOINTS, *([f"train.num_threads={threads}"] if threads else [])]
     for point, overrides in ((name, OPERATING_POINTS[name]) for name in points):
         for preset, name, extra in (("fashion-mnist-vqvae", point, [*overrides, *pace]),
                                     ("fashion-mnist-code-prior", f"{point}-prior", [f"parent={RUNS / point}", *pace])):
+            if name in CONTINUES and not (RUNS / name).exists():
+                _continue_run(RUNS / CONTINUES[name], RUNS / name)
             start, load, seconds_before = time.perf_counter(), os.getloadavg(), _train_seconds(RUNS / name)
             run_dir = train_run(preset, name, extra)
             metrics = _metrics(run_dir)
@@ -150,7 +175,8 @@ def stage_train(out: Path, points: tuple[str, ...] = tuple(OPERATING_POINTS), th
                                 "loadavg_start": load, "loadavg_end": os.getloadavg()}
             elif name not in record:
                 record[name] = {"preset": preset, "overrides": extra, "found_finished": True}
-            record[name] |= {"train_seconds": _train_seconds(run_dir), "last_test": test[-1] if test else None}
+            record[name] |= {"train_seconds": _train_seconds(run_dir), "last_test": test[-1] if test else None,
+                             **({"continues": CONTINUES[name]} if name in CONTINUES else {})}
             atomic_write_json(out, record)
 
 
