@@ -463,11 +463,13 @@ def stage_rd(out: Path, formats: tuple[str, ...] = tuple(QUALITIES), curves_only
         record["speed"] = [classical_speed(fmt, quality, images) for fmt, quality in (("WEBP", 10), ("AVIF", 30))
                            if fmt in formats]
         record["loadavg_end"] = os.getloadavg()
-    for fmt, points in record["classical"].items():
-        record.setdefault("comparison", {})[fmt] = {
-            "file": compare([p["file"] for p in record.get("vaekit", [])], {"file": [p["file"] for p in points]}),
-            "stream": compare([p["stream"] for p in record.get("vaekit", [])],
-                              {kind: [p["stream"][kind] for p in points] for kind in ("stripped", "tiled")})}
+    runs = {point["run"]: [p for p in record.get("vaekit", []) if p["run"] == point["run"]]
+            for point in record.get("vaekit", [])}  # each model's points apart: one curve (and BD-rate) per model
+    record["comparison"] = {fmt: {run: {
+        "file": compare([p["file"] for p in ours], {"file": [p["file"] for p in theirs]}),
+        "stream": compare([p["stream"] for p in ours],
+                          {kind: [p["stream"][kind] for p in theirs] for kind in ("stripped", "tiled")})}
+        for run, ours in runs.items()} for fmt, theirs in record["classical"].items()}
     atomic_write_json(out, record)
 
 
