@@ -123,9 +123,12 @@ CONTINUES = {"grid7-k512-18k": "grid7-k512"}
 
 def _continue_run(source: Path, target: Path) -> None:
     """Start `target` as a copy of the run `source`, to be resumed with its own settings (its config.yaml is written
-    again at the resume)."""
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("tensorboard"))
-    (target / "config.yaml").unlink()
+    again at the resume); copied beside it and renamed, so an interrupted copy is never taken for a run."""
+    partial = target.with_name(f"{target.name}.copying")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns("tensorboard"))
+    (partial / "config.yaml").unlink()
+    partial.rename(target)
 
 
 def _settings_differ(run_dir: Path, wanted: vaekit.RunConfig) -> list[str]:
