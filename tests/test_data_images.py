@@ -498,3 +498,8 @@ def test_a_decompression_bomb_png_is_one_data_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 > 2 x 1000: Pillow's bomb error, as for 20000^2
     with pytest.raises(DataError, match="not a readable image"):
         load_image_data(DataConfig(name="images", path=str(folder)))
+    # between the limit and twice it Pillow only warns and decodes (as for 10000 x 10000); vaekit refuses it too
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    for lazy in (False, True):
+        with pytest.raises(DataError, match="DecompressionBombWarning"):
+            load_image_data(DataConfig(name="images", path=str(folder), lazy=lazy))

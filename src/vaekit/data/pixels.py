@@ -6,6 +6,9 @@ disk holds the very floats the in-memory split would.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -64,10 +67,20 @@ def unit_values(array: np.ndarray, source: str) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
+@contextmanager
+def _opened(file: Path) -> Iterator[Image.Image]:
+    """Pillow's image of a file, with its decompression-bomb warning (more pixels than Image.MAX_IMAGE_PIXELS, below
+    twice that, where Pillow would decode it anyway) raised as an error like its bomb error above it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(file) as image:
+            yield image
+
+
 def open_png(file: Path) -> Image.Image:
     """The decoded image of one file; DataError naming it when it is not a readable image."""
     try:
-        with Image.open(file) as image:
+        with _opened(file) as image:
             image.load()
             return image
     except Exception as error:  # noqa: BLE001 - Pillow's parsers of damaged files raise OSError, ValueError, ...
@@ -77,7 +90,7 @@ def open_png(file: Path) -> Image.Image:
 def png_header(file: Path) -> tuple[str, tuple[int, int]]:
     """(mode, (width, height)) of one image file, read from its header without decoding the pixels."""
     try:
-        with Image.open(file) as image:
+        with _opened(file) as image:
             return image.mode, image.size
     except Exception as error:  # noqa: BLE001 - as in open_png: "Truncated IHDR chunk" is a ValueError
         raise DataError(f"{file}: not a readable image ({type(error).__name__}: {error})") from None
