@@ -72,7 +72,8 @@ VALIDATION = ["data.validation=10000", "eval.num_images=1000", "eval.num_importa
 GOAL2_SELECT: dict[str, list[str]] = {
     "preset": [],
     "adamw-wd0.01": ["train.optimizer=adamw", "train.weight_decay=0.01"],  # decoupled weight decay, PyTorch's default
-    "spectral-0.01": ["model.spectral_regularisation=0.01"],  # NVAE's final lambda on MNIST (per-image nats)
+    # lambda as NVAE's MNIST command (--weight_decay_norm 1e-2, not annealed there), beside a per-image -ELBO as there
+    "spectral-0.01": ["model.spectral_regularisation=0.01"],
 }
 SPATIAL_ONLY = ["model.top_latent_dim=0", "model.resampling=nearest", "train.lr=0.001", "train.lr_warmup_steps=0"]
 CANDIDATES: dict[str, list[str]] = {  # run name -> overrides of GOAL1_PRESET
