@@ -1,5 +1,7 @@
 """Point-cloud data: the procedural dataset (deterministic, cached, split per category) and users' files."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -93,6 +95,11 @@ def test_unreadable_and_empty_files(tmp_path):
         read_cloud(tmp_path / "empty.off", 64, seed=0)
     with pytest.raises(DataError, match="no such folder"):
         load_point_folder(tmp_path / "missing")
+    (tmp_path / "empty.xyz").write_text("# x y z\n\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one error, not numpy's warning first
+        with pytest.raises(DataError, match="empty.xyz: holds no points"):
+            read_cloud(tmp_path / "empty.xyz", 64, seed=0)
 
 
 def test_hostile_point_and_mesh_files_are_one_data_error_naming_the_file(tmp_path):

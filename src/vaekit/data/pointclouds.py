@@ -13,6 +13,7 @@ import hashlib
 import io
 import math
 import os
+import warnings
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -239,7 +240,7 @@ def read_cloud(file: Path, num_points: int, seed: int) -> np.ndarray:
         elif suffix == ".npz":  # its first array, every member's header checked before numpy allocates it
             points = next(iter(read_npz(file).values()), np.zeros((0, 3)))
         elif suffix == ".xyz":
-            points = np.loadtxt(file, ndmin=2)[:, :3]
+            points = _read_xyz(file)
         else:
             geometry = _load_mesh(file, suffix)
             if isinstance(geometry, trimesh.PointCloud):
@@ -253,6 +254,17 @@ def read_cloud(file: Path, num_points: int, seed: int) -> np.ndarray:
     points = _check_cloud(np.asarray(points, dtype=np.float32), file)
     index = np.random.default_rng(seed).choice(len(points), num_points, replace=len(points) < num_points)
     return points[index]
+
+
+def _read_xyz(file: Path) -> np.ndarray:
+    """The first three columns of a whitespace-separated text file of points; a file without a number is one DataError
+    (numpy would only warn and give an empty array)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)
+        points = np.loadtxt(file, ndmin=2)
+    if points.size == 0:
+        raise DataError(f"{file}: holds no points (an empty text file)")
+    return points[:, :3]
 
 
 def _load_mesh(file: Path, suffix: str) -> trimesh.Trimesh | trimesh.PointCloud:
