@@ -263,7 +263,7 @@ def _read_xyz(file: Path) -> np.ndarray:
         warnings.filterwarnings("ignore", "loadtxt: input contained no data", UserWarning)
         points = np.loadtxt(file, ndmin=2)
     if points.size == 0:
-        raise DataError(f"{file}: holds no points (an empty text file)")
+        raise DataError(f"{file}: holds no points (no numbers in it)")
     return points[:, :3]
 
 
