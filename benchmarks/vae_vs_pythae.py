@@ -60,7 +60,7 @@ from vaekit.config import DataConfig, RunConfig, load_config, validate_config
 from vaekit.data import ImageData, load_image_data
 from vaekit.engine.checkpoint import list_checkpoints, read_state
 from vaekit.engine.distributed import init_distributed
-from vaekit.engine.rundir import collect_versions
+from vaekit.engine.rundir import git_hash
 from vaekit.engine.train import Trainer, _check_data, make_optimizers, resolve_config
 from vaekit.models.vae import VAE as VaekitVAE
 from vaekit.models.vae import VAEConfig as VaekitVAEConfig
@@ -780,7 +780,7 @@ def main(argv: list[str] | None = None) -> None:
     # --resume is given and its settings match what the JSON holds.
     results: dict = json.loads(args.out.read_text()) if args.out.exists() else {}
     results["environment"] = {**ref.environment(args.threads), "vaekit": vaekit.__version__,
-                              "vaekit_git": collect_versions(args.seed)["git"]}
+                              "vaekit_git": git_hash()}
     results.setdefault("calls", []).append({"argv": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                                             "loadavg_start": os.getloadavg()})
 

@@ -209,6 +209,7 @@ def test_missing_run_directory_message(tmp_path):
         vaekit.load(tmp_path / "nope")
 
 
+@pytest.mark.filterwarnings("ignore:train.precision=bf16 on a CPU without:UserWarning")  # bf16 wherever it runs
 def test_bf16_autocast_trains_with_fp32_likelihood_and_kl(tmp_path):
     from vaekit.batch import Batch
 

@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,23 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = [*args.overrides, *extra]  # key=value pairs given after an option
     try:
-        return args.handler(args) or 0
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.handler(args) or 0
     except (VaekitError, OSError) as error:  # every expected failure: one message, exit 2
         print(f"vaekit: error: {error}", file=sys.stderr)
         return 2
     finally:
         _leave_process_group()
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """vaekit's own warnings as one line, as its errors; other packages' in Python's usual form."""
+    if Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        print(f"vaekit: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _leave_process_group() -> None:

@@ -142,7 +142,8 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(None, gt=0)  # max global gradient norm per group; None = off
     skip_grad_norm: float | None = Field(None, gt=0)  # skip an update whose gradient norm is above this or non-finite
     ema_decay: float | None = Field(None, gt=0, lt=1)  # keep an EMA of weights (used for eval/sampling); None = off
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # autocast dtype; math stays fp32
+    # autocast dtype, math stays fp32; auto: bf16 where the device has it in hardware, else fp32 (engine/precision.py)
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = "fp32"
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")  # auto = cuda if available, else cpu
     seed: int = Field(0, ge=0, lt=SEED_LIMIT)  # initialisation, data order and every per-step draw
     log_every: int = Field(50, ge=1)  # metrics.jsonl / TensorBoard / NaN check period

@@ -104,8 +104,8 @@ def write_run_files(path: Path, config: RunConfig, versions: dict[str, Any]) -> 
     atomic_write_json(path / VERSIONS_FILE, versions)
 
 
-def collect_versions(seed: int) -> dict[str, Any]:
-    """Versions of everything that shapes a run's numbers."""
+def collect_versions(seed: int, precision: str) -> dict[str, Any]:
+    """Versions of everything that shapes a run's numbers, with the precision it trains under on this machine."""
     import numpy
     import torch
 
@@ -115,8 +115,10 @@ def collect_versions(seed: int) -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": numpy.__version__,
         "vaekit": package_version(),
-        "git": _git_hash(),
+        "git": git_hash(),
         "seed": seed,
+        "precision": precision,  # train.precision resolved (`auto` depends on the machine)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 
@@ -128,7 +130,8 @@ def package_version() -> str:
         return "unknown (not installed)"
 
 
-def _git_hash() -> str | None:
+def git_hash() -> str | None:
+    """The commit vaekit runs from, when it runs from a git checkout."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "HEAD"], check=False, capture_output=True, text=True, timeout=5,

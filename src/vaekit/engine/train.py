@@ -45,6 +45,7 @@ from vaekit.engine.checkpoint import (
     tensor_specs,
 )
 from vaekit.engine.distributed import ONE_PROCESS, DistContext, Shard, init_distributed
+from vaekit.engine.precision import autocast, resolve_precision
 from vaekit.engine.rundir import (
     METRICS_FILE,
     MetricsLog,
@@ -234,8 +235,9 @@ class Trainer:
             self.model = build_run_model(config, device=ctx.device)
         self.optimizers = make_optimizers(self.model, self.train_cfg)
         self.ema = WeightEMA(self.model, self.train_cfg.ema_decay) if self.train_cfg.ema_decay else None
-        self.autocast = _autocast(ctx.device, self.train_cfg.precision)
-        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.train_cfg.precision == "fp16")
+        self.precision = resolve_precision(self.train_cfg.precision, ctx.device)  # `auto` decided for this device
+        self.autocast = autocast(self.precision, ctx.device)
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.precision == "fp16")
         self.step = 0
         self.skipped_steps = 0  # steps whose update was skipped (train.skip_grad_norm), across resumes
         self.train_seconds = 0.0  # wall time spent in training steps (not evaluation or saving), across resumes
@@ -255,7 +257,7 @@ class Trainer:
         self.ctx.barrier()
         if self.ctx.is_main:
             prepare_run_dir(self.config, replace=replace)
-            write_run_files(path, self.config, collect_versions(self.train_cfg.seed))
+            write_run_files(path, self.config, collect_versions(self.train_cfg.seed, self.precision))
         self.ctx.barrier()
         self.run_dir = path
         if resume:
@@ -523,11 +525,3 @@ def _binarize(config: RunConfig) -> str:
     """The data's binarisation mode ("none" for data that has none, such as point clouds)."""
     return getattr(config.data, "binarize", "none")
 
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    if device.type == "cpu" and precision == "fp16":
-        raise ConfigError("train.precision=fp16 needs a GPU; use bf16 on the CPU")
-    return torch.autocast(device_type=device.type, dtype=dtype)

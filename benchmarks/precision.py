@@ -1,0 +1,82 @@
+"""Training step time in fp32 and in bf16 autocast, side by side on this CPU, and what `train.precision=auto` picks.
+
+    python benchmarks/precision.py [--threads 2] [--presets NAME ...]
+
+Each preset trains for PROBE_STEPS[1] steps in a child process (`vaekit train`, the engine's own step: forward,
+backward, clipping, optimiser), once with `train.precision=fp32` and once with `bf16`, alternating preset by preset
+so both precisions see the same machine state; seconds per step are the engine's train_seconds between
+PROBE_STEPS / their difference (the first steps, with oneDNN's kernel selection, are left out). The evaluation every
+run ends with is made negligible and not timed. Output: benchmarks/results/precision.json, one entry per kind of CPU
+(torch's CPU capability and whether it has bfloat16 instructions), written after every measurement, so runs on
+different machines sit side by side; keep the machine otherwise idle and read the recorded load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from vaekit.engine.precision import native_bf16, resolve_precision
+from vaekit.io import atomic_write_json
+
+OUT = Path(__file__).parent / "results" / "precision.json"
+PRESETS = ("fashion-mnist-vae", "fashion-mnist-wae-mmd", "fashion-mnist-hvae-10min", "fashion-mnist-hvae",
+           "fashion-mnist-vqvae", "pointcloud-ae")
+PROBE_STEPS = (10, 30)
+PROBE_EVAL = ["eval.num_images=10", "eval.num_importance_samples=2", "eval.extra_importance_samples=[]",
+              "eval.sample_quality_samples=0"]
+
+
+def seconds_per_step(preset: str, precision: str, threads: int, out_dir: Path) -> float:
+    """One probe run of `preset` at `precision`: train_seconds per step between PROBE_STEPS."""
+    name = f"{preset}-{precision}"
+    subprocess.run([sys.executable, "-m", "vaekit", "train", "--config", preset, f"out_dir={out_dir}", f"name={name}",
+                    "--force", "--quiet", f"train.precision={precision}", f"train.num_threads={threads}",
+                    f"train.steps={PROBE_STEPS[1]}", f"train.log_every={PROBE_STEPS[0]}", "train.eval_every=1000000",
+                    "train.checkpoint_every=1000000", *PROBE_EVAL], check=True)
+    seconds = {m["step"]: m["train_seconds"] for m in map(json.loads, (out_dir / name / "metrics.jsonl").open())
+               if m["split"] == "train"}
+    return (seconds[PROBE_STEPS[1]] - seconds[PROBE_STEPS[0]]) / (PROBE_STEPS[1] - PROBE_STEPS[0])
+
+
+def cpu_model() -> str:
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS))
+    args = parser.parse_args(argv)
+    cpu = torch.device("cpu")
+    native = native_bf16(cpu)
+    key = f"{torch.backends.cpu.get_cpu_capability()}, {'with' if native else 'no'} bf16 instructions"
+    record = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    entry = record[key] = {"cpu": cpu_model(), "capability": torch.backends.cpu.get_cpu_capability(),
+                           "native_bf16": native, "auto_picks": resolve_precision("auto", cpu),
+                           "torch": torch.__version__, "threads": args.threads, "probe_steps": list(PROBE_STEPS),
+                           "date": time.strftime("%Y-%m-%d"), "loadavg_start": os.getloadavg(), "presets": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for preset in args.presets:
+            times = {precision: seconds_per_step(preset, precision, args.threads, Path(tmp))
+                     for precision in ("fp32", "bf16")}
+            entry["presets"][preset] = {"fp32_seconds_per_step": times["fp32"], "bf16_seconds_per_step": times["bf16"],
+                                        "bf16_over_fp32_time": times["bf16"] / times["fp32"]}
+            entry["loadavg_end"] = os.getloadavg()
+            atomic_write_json(OUT, record)
+            print(f"{preset}: fp32 {times['fp32']:.4f} s, bf16 {times['bf16']:.4f} s per step "
+                  f"({times['bf16'] / times['fp32']:.2f}x the time)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
