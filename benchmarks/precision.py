@@ -62,17 +62,19 @@ def main(argv: list[str] | None = None) -> None:
     native = native_bf16(cpu)
     key = f"{torch.backends.cpu.get_cpu_capability()}, {'with' if native else 'no'} bf16 instructions"
     record = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    entry = record[key] = {"cpu": cpu_model(), "capability": torch.backends.cpu.get_cpu_capability(),
-                           "native_bf16": native, "auto_picks": resolve_precision("auto", cpu),
-                           "torch": torch.__version__, "threads": args.threads, "probe_steps": list(PROBE_STEPS),
-                           "date": time.strftime("%Y-%m-%d"), "loadavg_start": os.getloadavg(), "presets": {}}
+    entry = record.setdefault(key, {"presets": {}})  # a preset measured again replaces its own result only
+    entry |= {"cpu": cpu_model(), "capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native,
+              "auto_picks": resolve_precision("auto", cpu), "torch": torch.__version__, "threads": args.threads,
+              "probe_steps": list(PROBE_STEPS)}
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
+            loadavg_start = os.getloadavg()
             times = {precision: seconds_per_step(preset, precision, args.threads, Path(tmp))
                      for precision in ("fp32", "bf16")}
             entry["presets"][preset] = {"fp32_seconds_per_step": times["fp32"], "bf16_seconds_per_step": times["bf16"],
-                                        "bf16_over_fp32_time": times["bf16"] / times["fp32"]}
-            entry["loadavg_end"] = os.getloadavg()
+                                        "bf16_over_fp32_time": times["bf16"] / times["fp32"],
+                                        "date": time.strftime("%Y-%m-%d %H:%M"), "loadavg_start": loadavg_start,
+                                        "loadavg_end": os.getloadavg()}
             atomic_write_json(OUT, record)
             print(f"{preset}: fp32 {times['fp32']:.4f} s, bf16 {times['bf16']:.4f} s per step "
                   f"({times['bf16'] / times['fp32']:.2f}x the time)", flush=True)

@@ -267,6 +267,25 @@ def test_probabilities_that_differ_from_the_encoders_are_caught_by_the_codes_che
         other.decompress(data)
 
 
+def test_the_prior_is_bf16_only_on_a_cpu_with_bf16_instructions_and_a_file_names_which(runs, test_digits,
+                                                                                         monkeypatch):
+    from vaekit.engine import precision
+
+    codecs = {}
+    for native in (True, False):
+        monkeypatch.setattr(precision, "native_bf16", lambda device, native=native: native)
+        codecs[native] = VQCodec(vaekit.load(runs[1]))
+    assert {p.dtype for p in codecs[True].prior.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in codecs[False].prior.parameters()} == {torch.float32}
+    for codec in codecs.values():  # each kind of CPU round-trips its own files
+        data = codec.compress(test_digits[:5])
+        assert torch.equal(codec.decode_codes(data)[1], nearest_grids(codec, test_digits[:5]))
+    with pytest.raises(CodecError, match="another kind: this one evaluates the prior in fp32"):
+        codecs[False].decompress(codecs[True].compress(test_digits[:3]))
+    with pytest.raises(ConfigError, match="one of auto, bf16, fp32"):
+        VQCodec(vaekit.load(runs[1]), precision="fp64")
+
+
 def test_a_file_from_another_model_is_refused(runs, test_digits):
     data = VQCodec(vaekit.load(runs[1])).compress(test_digits[:3])
     with pytest.raises(CodecError, match="other models"):

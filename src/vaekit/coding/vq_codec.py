@@ -10,16 +10,17 @@ VQ): one pair of models gives a range of sizes and qualities, and the decoder is
 Bit-exactness needs the prior's probabilities to be identical on both sides, so both walk one code
 path (`VQCodec._walk`): images in batches of `batch` (the last one smaller), the positions of a
 batch in raster order through the prior's cached incremental step (never the whole-sequence
-forward), with the prior's weights rounded to bfloat16 (matrix products in half the time of
-float32 with bf16 instructions; under 0.01% more bits on Fashion-MNIST) on the CPU with one torch
-thread, then a float32 softmax (10x faster than float64's on a CPU) that constriction quantises to
+forward), with the prior's weights rounded to bfloat16 on a CPU with bf16 instructions (matrix
+products in half the time of float32; under 0.01% more bits on Fashion-MNIST) and kept in float32 on
+others (where bfloat16 is emulated, ~7x slower), on the CPU with one torch thread, then a float32 softmax (10x faster than float64's on a CPU) that constriction quantises to
 integers. Each batch is its own range-coded segment of the payload (the lengths of all but the last
 lead it), so `threads` batches are coded at once, one per Python thread on one CPU each: the
 kernels' numbers never depend on how many threads ran, and a file decodes with any thread count.
 The batch size is written in the header and repeated by the decoder, since kernels can differ with
-it (the header's thread count says how many batches the writer coded at once). A file decodes with the same vaekit and torch build on the
-same instruction set that wrote it; the fingerprint catches other weights or settings, and the CRC
-over the decoded codes catches any difference that remains.
+it (the header's thread count says how many batches the writer coded at once). A file decodes with the same
+vaekit and torch build on the same instruction set that wrote it; the fingerprint catches other weights or
+settings (the prior's precision among them), and the CRC over the decoded codes catches any difference that
+remains.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import constriction
 import numpy as np
@@ -49,17 +50,19 @@ from vaekit.coding.container import (
     pack,
     unpack,
 )
+from vaekit.engine.precision import autocast, resolve_precision
 from vaekit.errors import CapabilityError, CodecError, ConfigError, DataError
 from vaekit.models.base import GenerativeModel
 from vaekit.models.code_prior import CodePrior
 from vaekit.quantize import rate_constrained_codes
 
-CODER_SETTINGS = b"range;categorical-leaky;softmax-f32;cached-step;bf16-weights;one-thread;segment-per-batch;" \
-    b"be-words-ff-trimmed;v4"
+CODER_SETTINGS = "range;categorical-leaky;softmax-f32;cached-step;{precision}-weights;one-thread;segment-per-batch;" \
+    "be-words-ff-trimmed;v4"  # precision: the prior's, bf16 on a CPU with bf16 instructions, fp32 on others
 # The words of the range coder's state: what sealing a stream may add to the words it has emitted. The codes decoded
 # so far, coded again with the same probabilities, never take more words than the payload plus these; the decoder of
 # a header declaring more images than its payload holds goes on decoding zeros past its end, which this catches.
 CODER_STATE_WORDS = 2
+_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 CodeStep = Callable[[int, np.ndarray], np.ndarray]  # (position, probabilities (B, K)) -> symbols (B,) int32
 CodeChoice = Callable[[int, np.ndarray], np.ndarray]  # the same signature: which code each image gets there
@@ -153,11 +156,13 @@ class VQCodec:
     once, one CPU each (default: torch's thread count); rate_weight: lambda of the
     encoder's choice of codes, argmin_k ||z_e - e_k||^2 - lambda ln p(k | c_<i) position by position in
     coding order (entropy-constrained VQ; 0: the VQ-VAE's own choice, `VectorQuantizer.assign`). Larger values
-    give smaller files and lower quality from the same models; decoding does not depend on it.
+    give smaller files and lower quality from the same models; decoding does not depend on it. precision: the
+    prior's weights and the nets' autocast, bf16 or fp32 (a coder setting: a file decodes only with the one that
+    wrote it); auto: bf16 on a CPU with bf16 instructions, fp32 on others, where bf16 is emulated (~7x slower).
     """
 
     def __init__(self, model: GenerativeModel, *, batch: int = 1024, threads: int | None = None,
-                 rate_weight: float = 0.0) -> None:
+                 rate_weight: float = 0.0, precision: Literal["auto", "bf16", "fp32"] = "auto") -> None:
         if not isinstance(model, CodePrior):
             raise CapabilityError(f"compression needs a code-prior run (a prior over a VQ-VAE's codes); "
                                   f"this run's model is {model.config.name!r}")
@@ -166,7 +171,10 @@ class VQCodec:
         self.rate_weight = float(rate_weight)
         self.model = model.cpu().eval()
         self.vq = copy.deepcopy(model.parent).eval().to(memory_format=torch.channels_last)  # its nets, see encoder_vectors
-        self.prior = copy.deepcopy(self.model.prior).to(torch.bfloat16)  # what both directions evaluate
+        if precision not in ("auto", *_DTYPES):
+            raise ConfigError(f"precision={precision!r}: one of auto, bf16, fp32")
+        self.precision = resolve_precision(precision, torch.device("cpu"), setting="precision")
+        self.prior = copy.deepcopy(self.model.prior).to(_DTYPES[self.precision])  # what both directions evaluate
         self.image_shape = tuple(self.vq.config.image_shape)  # (C, H, W) the VQ-VAE works on
         self.grid = tuple(model.config.codes.shape)
         self.num_positions = self.grid[0] * self.grid[1]
@@ -177,7 +185,7 @@ class VQCodec:
 
     def _weights_fingerprint(self) -> bytes:
         """4 bytes of SHA-256 over the VQ-VAE's and the prior's tensors and the coder settings."""
-        digest = hashlib.sha256(CODER_SETTINGS)
+        digest = hashlib.sha256(CODER_SETTINGS.format(precision=self.precision).encode())
         for module in (self.vq, self.model):
             for name, tensor in sorted(module.state_dict().items()):
                 digest.update(name.encode())
@@ -197,15 +205,16 @@ class VQCodec:
         return codes
 
     def encoder_vectors(self, images: Tensor) -> Tensor:
-        """The encoder's vectors z_e of images (B, C, H, W): (B, P, D) float32. Encoder and decoder run in
-        bfloat16 (as they trained) on channels-last tensors, 2-3x faster than float32 on a CPU; they choose
-        codes and draw images, not the probabilities both sides must share, so they need not be bit-exact."""
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        """The encoder's vectors z_e of images (B, C, H, W): (B, P, D) float32. Encoder and decoder run on
+        channels-last tensors in the prior's precision (bfloat16 with bf16 instructions, 2-3x faster than float32
+        there); they choose codes and draw images, not the probabilities both sides must share, so they need not
+        be bit-exact."""
+        with autocast(self.precision, torch.device("cpu")):
             return self.vq.latent_vectors(images.contiguous(memory_format=torch.channels_last))
 
     def decoder_images(self, codes: Tensor) -> Tensor:
         """The decoder's images (B, C, H, W) float32 in [0, 1] of code grids (B, H', W'), as `encoder_vectors` runs."""
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with autocast(self.precision, torch.device("cpu")):
             return self.vq.decode_mean(codes).float()
 
     def _padded(self, images: Tensor) -> Tensor:
@@ -276,7 +285,8 @@ class VQCodec:
         channels, height, width = self.image_shape
         if header.fingerprint != self._fingerprint:
             raise CodecError(f"{source} was made with other models or coder settings than this run's "
-                             "(fingerprint differs)")
+                             f"(fingerprint differs; or written on a CPU of another kind: this one evaluates the "
+                             f"prior in {self.precision})")
         if header.channels != channels or not (1 <= header.height <= height and 1 <= header.width <= width):
             raise CodecError(f"{source} holds {header.channels}x{header.height}x{header.width} images; this run "
                              f"decodes {channels} channel(s) up to {height}x{width}")

@@ -32,15 +32,17 @@ def native_bf16(device: torch.device) -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def resolve_precision(precision: Precision | Literal["auto"], device: torch.device) -> Precision:
-    """The dtype a run trains under on `device`: `auto` resolved, `fp16` refused on a CPU, emulated bf16 warned of."""
+def resolve_precision(precision: Precision | Literal["auto"], device: torch.device,
+                      setting: str = "train.precision") -> Precision:
+    """The dtype to compute in on `device`: `auto` resolved, `fp16` refused on a CPU, emulated bf16 warned of
+    (`setting` names the option in messages)."""
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     if precision == "fp16" and device.type == "cpu":
-        raise ConfigError("train.precision=fp16 needs a GPU; use bf16 on the CPU")
+        raise ConfigError(f"{setting}=fp16 needs a GPU; use bf16 on the CPU")
     if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
-        warnings.warn("train.precision=bf16 on a CPU without bfloat16 instructions: PyTorch emulates them, often "
-                      "tens of times slower than fp32; train.precision=auto picks fp32 on such a CPU",
+        warnings.warn(f"{setting}=bf16 on a CPU without bfloat16 instructions: PyTorch emulates them, often "
+                      f"tens of times slower than fp32; {setting}=auto picks fp32 on such a CPU",
                       UserWarning, stacklevel=2)
     return precision
 
