@@ -47,6 +47,7 @@ import torch
 import vaekit
 from vaekit.config import DataConfig
 from vaekit.data.images import load_image_data
+from vaekit.engine.precision import resolve_precision
 from vaekit.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent
@@ -156,13 +157,22 @@ def _summary(run_dir: Path) -> dict:
     train, test = _last_lines(run_dir)
     keep = ("nll", "nll_stderr", "elbo", "kl", "active_groups", "kl_per_group", "active_units", "num_images",
             "importance_samples", "nll_k100", "bits_per_dim")
+    precision = json.loads((run_dir / "versions.json").read_text())["precision"]  # train.precision=auto resolved
     return {"train_seconds": train["train_seconds"], "steps": train["step"], "skipped_steps": train["skipped_steps"],
-            "score": {key: test[key] for key in keep if key in test}, "loadavg": os.getloadavg()}
+            "score": {key: test[key] for key in keep if key in test}, "precision": precision,
+            "loadavg": os.getloadavg()}
 
 
 def stage_select(key: str, preset: str, candidates: dict[str, list[str]], only: list[str]) -> None:
     """Each candidate (overrides of `preset`) trained on 50,000 training images and scored on held-out ones; results
-    under record[key][name], with every held-out evaluation on the way."""
+    under record[key][name], with every held-out evaluation on the way. The comparison is paired, so every
+    candidate of a stage trains in the precision its first ones did (records without one: bf16, the presets'
+    precision before `auto`); on a CPU where `auto` picks another, the stage stops."""
+    here = resolve_precision("auto", torch.device("cpu"))
+    recorded = {entry.get("precision", "bf16") for entry in _record().get(key, {}).values()}
+    if recorded - {here}:
+        raise SystemExit(f"stage {key}'s candidates trained in {', '.join(sorted(recorded))}; this CPU trains in "
+                         f"{here} (train.precision=auto): run it on a CPU of the same kind")
     for name, overrides in candidates.items():
         if name in _record().get(key, {}) or (only and name not in only):
             continue

@@ -1,12 +1,15 @@
 """Training step time in fp32 and in bf16 autocast, side by side on this CPU, and what `train.precision=auto` picks.
 
-    python benchmarks/precision.py [--threads 2] [--presets NAME ...]
+    python benchmarks/precision.py [--threads 2] [--presets NAME ...] [--codec]
 
 Each preset trains for PROBE_STEPS[1] steps in a child process (`vaekit train`, the engine's own step: forward,
 backward, clipping, optimiser), once with `train.precision=fp32` and once with `bf16`, alternating preset by preset
 so both precisions see the same machine state; seconds per step are the engine's train_seconds between
 PROBE_STEPS / their difference (the first steps, with oneDNN's kernel selection, are left out). The evaluation every
-run ends with is made negligible and not timed. Output: benchmarks/results/precision.json, one entry per kind of CPU
+run ends with is made negligible and not timed. Stage `codec` (with --codec): the .vqz codec of the preset's
+architectures (`fashion-mnist-vqvae` and `fashion-mnist-code-prior`, stand-ins trained CODEC_STAND_IN_STEPS
+steps: speed does not depend on the weights) on the first 1000 Fashion-MNIST test images as one stream, images/s
+each way with `VQCodec(precision=fp32)` and `bf16`, best of two. Output: benchmarks/results/precision.json, one entry per kind of CPU
 (torch's CPU capability and whether it has bfloat16 instructions), written after every measurement, so runs on
 different machines sit side by side; keep the machine otherwise idle and read the recorded load.
 """
@@ -15,23 +18,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
+import vaekit
+from vaekit.coding.vq_codec import VQCodec
+from vaekit.data import read_idx
 from vaekit.engine.precision import native_bf16, resolve_precision
 from vaekit.io import atomic_write_json
 
 OUT = Path(__file__).parent / "results" / "precision.json"
+FASHION = Path("/usr/share/datasets/fashion-mnist")
 PRESETS = ("fashion-mnist-vae", "fashion-mnist-wae-mmd", "fashion-mnist-hvae-10min", "fashion-mnist-hvae",
            "fashion-mnist-vqvae", "pointcloud-ae")
 PROBE_STEPS = (10, 30)
+CODEC_STAND_IN_STEPS = 20
 PROBE_EVAL = ["eval.num_images=10", "eval.num_importance_samples=2", "eval.extra_importance_samples=[]",
               "eval.sample_quality_samples=0"]
 
@@ -48,6 +59,37 @@ def seconds_per_step(preset: str, precision: str, threads: int, out_dir: Path) -
     return (seconds[PROBE_STEPS[1]] - seconds[PROBE_STEPS[0]]) / (PROBE_STEPS[1] - PROBE_STEPS[0])
 
 
+def codec_speed(out_dir: Path) -> dict[str, dict[str, float]]:
+    """images/s of the .vqz codec each way per precision, on stand-ins of the Fashion-MNIST presets."""
+
+    schedule = [f"out_dir={out_dir}", f"train.steps={CODEC_STAND_IN_STEPS}", f"train.eval_every={CODEC_STAND_IN_STEPS}",
+                *PROBE_EVAL]
+    vq = vaekit.train("fashion-mnist-vqvae", overrides=[*schedule, "name=vq"], quiet=True)
+    prior = vaekit.train("fashion-mnist-code-prior", overrides=[*schedule, "name=prior", f"parent={vq}"], quiet=True)
+    pixels = np.asarray(read_idx(FASHION / "t10k-images-idx3-ubyte.gz", magic=2051))[:1000]
+    images = torch.from_numpy(pixels.copy()).float().div(255)[:, None]
+    result = {}
+    for precision in ("fp32", "bf16"):
+        result[precision] = _codec_rates(VQCodec(vaekit.load(prior), precision=precision), images)
+    return result
+
+
+def _codec_rates(codec: VQCodec, images: torch.Tensor) -> dict[str, float]:
+    stream = codec.compress(images)
+    seconds = {"compress": _best_seconds(lambda: codec.compress(images)),
+               "decompress": _best_seconds(lambda: codec.decompress(stream))}
+    return {f"{way}_images_per_second": len(images) / spent for way, spent in seconds.items()}
+
+
+def _best_seconds(work: Callable[[], object], repeats: int = 2) -> float:
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def cpu_model() -> str:
     lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
@@ -57,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
+    parser.add_argument("--codec", action="store_true", help="also time the .vqz codec per precision")
     args = parser.parse_args(argv)
     cpu = torch.device("cpu")
     native = native_bf16(cpu)
@@ -78,6 +121,13 @@ def main(argv: list[str] | None = None) -> None:
             atomic_write_json(OUT, record)
             print(f"{preset}: fp32 {times['fp32']:.4f} s, bf16 {times['bf16']:.4f} s per step "
                   f"({times['bf16'] / times['fp32']:.2f}x the time)", flush=True)
+        if args.codec:
+            torch.set_num_threads(args.threads)
+            loadavg_start = os.getloadavg()
+            entry["codec"] = codec_speed(Path(tmp)) | {"date": time.strftime("%Y-%m-%d %H:%M"),
+                                                       "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg()}
+            atomic_write_json(OUT, record)
+            print("codec:", json.dumps(entry["codec"]), flush=True)
 
 
 if __name__ == "__main__":
