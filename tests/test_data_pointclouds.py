@@ -111,7 +111,7 @@ def test_hostile_point_and_mesh_files_are_one_data_error_naming_the_file(tmp_pat
     with pytest.raises(DataError, match="latin.off: not a readable mesh"):
         read_cloud(tmp_path / "latin.off", 64, seed=0)
     (tmp_path / "nan.off").write_text("OFF\n3 1 0\n0 0 0\n1 0 nan\n0 1 0\n3 0 1 2\n")  # not "empty mesh"
-    with pytest.raises(DataError, match="nan.off: contains 1 NaN or infinite vertex"):
+    with pytest.raises(DataError, match="nan.off: contains 1 NaN, infinite or beyond float32.s range vertex"):
         read_cloud(tmp_path / "nan.off", 64, seed=0)
 
 
@@ -136,3 +136,16 @@ def test_an_empty_category_folder_is_refused_not_a_class_without_shapes(tmp_path
     trimesh.creation.box((1, 2, 3)).export(tmp_path / "box" / "a.off")
     with pytest.raises(DataError, match="empty: a category folder without point or mesh files"):
         load_point_folder(tmp_path, num_points=64)
+
+
+@pytest.mark.parametrize("name, text", [
+    ("huge.xyz", "1e39 0 0\n" * 100),
+    ("huge.ply", "ply\nformat ascii 1.0\nelement vertex 100\nproperty float x\nproperty float y\nproperty float z\n"
+                 "end_header\n" + "1e39 0 0\n" * 100),
+])
+def test_coordinates_beyond_float32_are_one_error_without_numpys_cast_warning(tmp_path, name, text):
+    (tmp_path / name).write_text(text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one error, not numpy's "overflow encountered in cast" first
+        with pytest.raises(DataError, match=f"{name}: contains 100 NaN, infinite or beyond float32.s range"):
+            read_cloud(tmp_path / name, 64, seed=0)

@@ -71,8 +71,8 @@ def normalize(points: np.ndarray, mode: Normalization, source: str = "a cloud") 
 def sample_surface(mesh: trimesh.Trimesh, num_points: int, seed: int, source: str) -> np.ndarray:
     """num_points drawn uniformly by area on the mesh's surface: (P, 3) float32."""
     if not np.isfinite(mesh.vertices).all():
-        raise DataError(f"{source}: contains {int((~np.isfinite(mesh.vertices)).sum())} NaN or infinite vertex "
-                        "coordinates")
+        raise DataError(f"{source}: contains {int((~np.isfinite(mesh.vertices)).sum())} NaN, infinite or beyond "
+                        "float32's range vertex coordinates")
     if mesh.is_empty or mesh.area <= 0:
         raise DataError(f"{source}: empty mesh (no faces with area)")
     points, _ = trimesh.sample.sample_surface(mesh, num_points, seed=seed)
@@ -251,7 +251,9 @@ def read_cloud(file: Path, num_points: int, seed: int) -> np.ndarray:
         raise
     except (OSError, ValueError, IndexError, KeyError, EOFError) as error:
         raise DataError(f"{file}: unreadable ({type(error).__name__}: {error})") from None
-    points = _check_cloud(np.asarray(points, dtype=np.float32), file)
+    with np.errstate(over="ignore", invalid="ignore"):  # beyond float32's range becomes inf: _check_cloud says so
+        points = np.asarray(points, dtype=np.float32)
+    points = _check_cloud(points, file)
     index = np.random.default_rng(seed).choice(len(points), num_points, replace=len(points) < num_points)
     return points[index]
 
@@ -270,8 +272,9 @@ def _read_xyz(file: Path) -> np.ndarray:
 def _load_mesh(file: Path, suffix: str) -> trimesh.Trimesh | trimesh.PointCloud:
     """trimesh's reading of a mesh or .ply file; any failure of its parsers is one DataError naming the file, and so is
     anything else it may give (an empty scene)."""
-    try:
-        geometry = trimesh.load(file, force="mesh" if suffix != ".ply" else None, process=False)  # raw: checked here
+    try:  # numpy's cast warnings inside the parser silenced: the numbers it gives are checked here
+        with np.errstate(over="ignore", invalid="ignore"):
+            geometry = trimesh.load(file, force="mesh" if suffix != ".ply" else None, process=False)
     except Exception as error:  # noqa: BLE001 - a third-party parser of untrusted files may raise anything
         raise DataError(f"{file}: not a readable mesh ({type(error).__name__}: {error})") from None
     if not isinstance(geometry, (trimesh.Trimesh, trimesh.PointCloud)):
@@ -283,7 +286,8 @@ def _check_cloud(points: np.ndarray, file: Path) -> np.ndarray:
     if points.ndim != 2 or points.shape[1] != 3:
         raise DataError(f"{file}: expected points of shape (P, 3), got {points.shape}")
     if not np.isfinite(points).all():
-        raise DataError(f"{file}: contains {int((~np.isfinite(points)).sum())} NaN or infinite coordinates")
+        raise DataError(f"{file}: contains {int((~np.isfinite(points)).sum())} NaN, infinite or beyond float32's range "
+                        "coordinates")
     if len(points) < MIN_POINTS:
         raise DataError(f"{file}: only {len(points)} points; at least {MIN_POINTS} are needed")
     return points
