@@ -678,7 +678,8 @@ def _ply(points: np.ndarray, faces: np.ndarray, count: int, *, binary: bool) -> 
               "property float x\nproperty float y\nproperty float z\n"
               f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n").encode()
     if binary:
-        body = points.astype("<f4").tobytes() + b"".join(b"\3" + face.astype("<i4").tobytes() for face in faces)
+        with np.errstate(over="ignore", invalid="ignore"):  # values beyond float32 / int32 wrap or overflow, on purpose
+            body = points.astype("<f4").tobytes() + b"".join(b"\3" + face.astype("<i4").tobytes() for face in faces)
     else:
         body = (_text_rows(points) + _text_rows(faces, "3 ")).encode()
     return header + body
