@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -70,3 +73,13 @@ def test_the_command_line_prints_the_warning_as_one_line(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert "vaekit: warning: train.precision=bf16 on a CPU without bfloat16 instructions" in err
     assert "resolve_precision" not in err  # no source line
+
+
+def test_auto_on_two_processes_takes_bf16_only_where_both_have_it(tmp_path):
+    """Rank 0 has bf16 instructions, rank 1 not: both train in fp32 (rank 0 writes versions.json)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               str(Path(__file__).parent / "precision_worker.py"), str(tmp_path)]
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "tiny" / "versions.json").read_text())["precision"] == "fp32"

@@ -45,7 +45,7 @@ from vaekit.engine.checkpoint import (
     tensor_specs,
 )
 from vaekit.engine.distributed import ONE_PROCESS, DistContext, Shard, init_distributed
-from vaekit.engine.precision import autocast, resolve_precision
+from vaekit.engine.precision import Precision, autocast, resolve_precision
 from vaekit.engine.rundir import (
     METRICS_FILE,
     MetricsLog,
@@ -235,7 +235,7 @@ class Trainer:
             self.model = build_run_model(config, device=ctx.device)
         self.optimizers = make_optimizers(self.model, self.train_cfg)
         self.ema = WeightEMA(self.model, self.train_cfg.ema_decay) if self.train_cfg.ema_decay else None
-        self.precision = resolve_precision(self.train_cfg.precision, ctx.device)  # `auto` decided for this device
+        self.precision = _agreed_precision(self.train_cfg.precision, ctx)  # `auto` decided for these devices
         self.autocast = autocast(self.precision, ctx.device)
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.precision == "fp16")
         self.step = 0
@@ -519,6 +519,16 @@ class Trainer:
                 ema=self.ema.shadow if self.ema else None, extra=extra, keep=self.train_cfg.keep_checkpoints,
             )
         self.ctx.barrier()
+
+
+def _agreed_precision(requested: str, ctx: DistContext) -> Precision:
+    """train.precision resolved for this process's device; `auto` on several processes is bf16 only where every
+    process computes bf16 in hardware, so that all train in one precision."""
+    precision = resolve_precision(requested, ctx.device)
+    if requested != "auto" or not ctx.distributed:
+        return precision
+    any_fp32 = ctx.shard.maximum(torch.tensor([float(precision == "fp32")]))
+    return "fp32" if any_fp32.item() else precision
 
 
 def _binarize(config: RunConfig) -> str:
