@@ -1,6 +1,6 @@
 """Training step time in fp32 and in bf16 autocast, side by side on this CPU, and what `train.precision=auto` picks.
 
-    python benchmarks/precision.py [--threads 2] [--presets NAME ...] [--codec]
+    python benchmarks/precision.py [--threads 2] [--presets [NAME ...]] [--codec]
 
 Each preset trains for PROBE_STEPS[1] steps in a child process (`vaekit train`, the engine's own step: forward,
 backward, clipping, optimiser), once with `train.precision=fp32` and once with `bf16`, alternating preset by preset
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 import vaekit
-from vaekit.coding.vq_codec import VQCodec
+from vaekit.coding.vq_codec import VQCodec, torch_threads
 from vaekit.data import read_idx
 from vaekit.engine.precision import native_bf16, resolve_precision
 from vaekit.io import atomic_write_json
@@ -90,6 +90,14 @@ def _best_seconds(work: Callable[[], object], repeats: int = 2) -> float:
     return best
 
 
+def matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 3) -> float:
+    """GFLOP/s of one size x size matrix product in `dtype` on one thread, best of `repeats`."""
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    with torch_threads(1):
+        a @ b
+        return 2 * size**3 / _best_seconds(lambda: a @ b, repeats) / 1e9
+
+
 def cpu_model() -> str:
     lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
     return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.processor())
@@ -98,7 +106,7 @@ def cpu_model() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--presets", nargs="+", default=list(PRESETS))
+    parser.add_argument("--presets", nargs="*", default=list(PRESETS), help="none: only the matrix products")
     parser.add_argument("--codec", action="store_true", help="also time the .vqz codec per precision")
     args = parser.parse_args(argv)
     cpu = torch.device("cpu")
@@ -109,6 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     entry |= {"cpu": cpu_model(), "capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native,
               "auto_picks": resolve_precision("auto", cpu), "torch": torch.__version__, "threads": args.threads,
               "probe_steps": list(PROBE_STEPS)}
+    entry["matmul_gflops_one_thread"] = {name: matmul_gflops(dtype) for name, dtype in
+                                         (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+    atomic_write_json(OUT, record)
+    print("1024 x 1024 matrix product, one thread, GFLOP/s:", entry["matmul_gflops_one_thread"], flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for preset in args.presets:
             loadavg_start = os.getloadavg()
