@@ -12,7 +12,8 @@ path (`VQCodec._walk`): images in batches of `batch` (the last one smaller), the
 batch in raster order through the prior's cached incremental step (never the whole-sequence
 forward), with the prior's weights rounded to bfloat16 on a CPU with bf16 instructions (matrix
 products in half the time of float32; under 0.01% more bits on Fashion-MNIST) and kept in float32 on
-others (where bfloat16 is emulated, ~7x slower), on the CPU with one torch thread, then a float32 softmax (10x faster than float64's on a CPU) that constriction quantises to
+others (where bfloat16 is emulated, ~7x slower), on the CPU with one torch thread, then a float32
+softmax (10x faster than float64's on a CPU) that constriction quantises to
 integers. Each batch is its own range-coded segment of the payload (the lengths of all but the last
 lead it), so `threads` batches are coded at once, one per Python thread on one CPU each: the
 kernels' numbers never depend on how many threads ran, and a file decodes with any thread count.
