@@ -9,7 +9,8 @@ PROBE_STEPS / their difference (the first steps, with oneDNN's kernel selection,
 run ends with is made negligible and not timed. Stage `codec` (with --codec): the .vqz codec of the preset's
 architectures (`fashion-mnist-vqvae` and `fashion-mnist-code-prior`, stand-ins trained CODEC_STAND_IN_STEPS
 steps: speed does not depend on the weights) on the first 1000 Fashion-MNIST test images as one stream, images/s
-each way with `VQCodec(precision=fp32)` and `bf16`, best of two. Output: benchmarks/results/precision.json, one entry per kind of CPU
+each way and of its parts alone with `VQCodec(precision=fp32)` and `bf16`, timed by vq_codec.py's `codec_speed`
+(best of three after one untimed call). Output: benchmarks/results/precision.json, one entry per kind of CPU
 (torch's CPU capability and whether it has bfloat16 instructions), written after every measurement, so runs on
 different machines sit side by side; keep the machine otherwise idle and read the recorded load.
 """
@@ -18,27 +19,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vq_codec  # the codec's timing (codec_speed), its test images and best-of-repeats timer
+
 import vaekit
-from vaekit.coding.vq_codec import VQCodec, torch_threads
-from vaekit.data import read_idx
+from vaekit.coding.vq_codec import torch_threads
 from vaekit.engine.precision import native_bf16, resolve_precision
 from vaekit.io import atomic_write_json
 
 OUT = Path(__file__).parent / "results" / "precision.json"
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 PRESETS = ("fashion-mnist-vae", "fashion-mnist-wae-mmd", "fashion-mnist-hvae-10min", "fashion-mnist-hvae",
            "fashion-mnist-vqvae", "pointcloud-ae")
 PROBE_STEPS = (10, 30)
@@ -59,43 +58,21 @@ def seconds_per_step(preset: str, precision: str, threads: int, out_dir: Path) -
     return (seconds[PROBE_STEPS[1]] - seconds[PROBE_STEPS[0]]) / (PROBE_STEPS[1] - PROBE_STEPS[0])
 
 
-def codec_speed(out_dir: Path) -> dict[str, dict[str, float]]:
-    """images/s of the .vqz codec each way per precision, on stand-ins of the Fashion-MNIST presets."""
-
+def codec_speeds(out_dir: Path) -> dict[str, dict]:
+    """vq_codec.py's codec timing per precision (each way and its parts), on stand-ins of the Fashion-MNIST presets."""
     schedule = [f"out_dir={out_dir}", f"train.steps={CODEC_STAND_IN_STEPS}", f"train.eval_every={CODEC_STAND_IN_STEPS}",
                 *PROBE_EVAL]
     vq = vaekit.train("fashion-mnist-vqvae", overrides=[*schedule, "name=vq"], quiet=True)
     prior = vaekit.train("fashion-mnist-code-prior", overrides=[*schedule, "name=prior", f"parent={vq}"], quiet=True)
-    pixels = np.asarray(read_idx(FASHION / "t10k-images-idx3-ubyte.gz", magic=2051))[:1000]
-    images = torch.from_numpy(pixels.copy()).float().div(255)[:, None]
-    result = {}
-    for precision in ("fp32", "bf16"):
-        result[precision] = _codec_rates(VQCodec(vaekit.load(prior), precision=precision), images)
-    return result
+    images = vq_codec.test_images()
+    return {precision: vq_codec.codec_speed(prior, images, precision) for precision in ("fp32", "bf16")}
 
 
-def _codec_rates(codec: VQCodec, images: torch.Tensor) -> dict[str, float]:
-    stream = codec.compress(images)
-    seconds = {"compress": _best_seconds(lambda: codec.compress(images)),
-               "decompress": _best_seconds(lambda: codec.decompress(stream))}
-    return {f"{way}_images_per_second": len(images) / spent for way, spent in seconds.items()}
-
-
-def _best_seconds(work: Callable[[], object], repeats: int = 2) -> float:
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
-def matmul_gflops(dtype: torch.dtype, size: int = 1024, repeats: int = 3) -> float:
-    """GFLOP/s of one size x size matrix product in `dtype` on one thread, best of `repeats`."""
+def matmul_gflops(dtype: torch.dtype, size: int = 1024) -> float:
+    """GFLOP/s of one size x size matrix product in `dtype` on one thread (vq_codec.py's best of repeats)."""
     a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
     with torch_threads(1):
-        a @ b
-        return 2 * size**3 / _best_seconds(lambda: a @ b, repeats) / 1e9
+        return 2 * size**3 / vq_codec._best_seconds(lambda: a @ b) / 1e9
 
 
 def cpu_model() -> str:
@@ -136,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.codec:
             torch.set_num_threads(args.threads)
             loadavg_start = os.getloadavg()
-            entry["codec"] = codec_speed(Path(tmp)) | {"date": time.strftime("%Y-%m-%d %H:%M"),
+            entry["codec"] = codec_speeds(Path(tmp)) | {"date": time.strftime("%Y-%m-%d %H:%M"),
                                                        "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg()}
             atomic_write_json(OUT, record)
             print("codec:", json.dumps(entry["codec"]), flush=True)

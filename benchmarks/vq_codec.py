@@ -491,11 +491,11 @@ def _best_seconds(work, repeats: int = SPEED_REPEATS) -> float:
     return best
 
 
-def codec_speed(prior_run: Path, images: np.ndarray) -> dict:
-    """images/s of a codec each way on `images` as one stream, and of its parts alone."""
+def codec_speed(prior_run: Path, images: np.ndarray, precision: str = "auto") -> dict:
+    """images/s of a codec each way on `images` as one stream, and of its parts alone (`VQCodec(precision=)`)."""
     from vaekit.coding.vq_codec import VQCodec
 
-    codec = VQCodec(vaekit.load(prior_run))
+    codec = VQCodec(vaekit.load(prior_run), precision=precision)
     pixels = torch.from_numpy(images).float().div(255)[:, None]
     stream = codec.compress(pixels)
     with torch.inference_mode():

@@ -12,7 +12,7 @@ path (`VQCodec._walk`): images in batches of `batch` (the last one smaller), the
 batch in raster order through the prior's cached incremental step (never the whole-sequence
 forward), with the prior's weights rounded to bfloat16 on a CPU with bf16 instructions (matrix
 products in half the time of float32; under 0.01% more bits on Fashion-MNIST) and kept in float32 on
-others (where bfloat16 is emulated, ~7x slower), on the CPU with one torch thread, then a float32
+others (where bfloat16 is emulated, 7-15x slower), on the CPU with one torch thread, then a float32
 softmax (10x faster than float64's on a CPU) that constriction quantises to
 integers. Each batch is its own range-coded segment of the payload (the lengths of all but the last
 lead it), so `threads` batches are coded at once, one per Python thread on one CPU each: the
@@ -51,7 +51,7 @@ from vaekit.coding.container import (
     pack,
     unpack,
 )
-from vaekit.engine.precision import autocast, resolve_precision
+from vaekit.engine.precision import DTYPES, autocast, resolve_precision
 from vaekit.errors import CapabilityError, CodecError, ConfigError, DataError
 from vaekit.models.base import GenerativeModel
 from vaekit.models.code_prior import CodePrior
@@ -63,7 +63,6 @@ CODER_SETTINGS = "range;categorical-leaky;softmax-f32;cached-step;{precision}-we
 # so far, coded again with the same probabilities, never take more words than the payload plus these; the decoder of
 # a header declaring more images than its payload holds goes on decoding zeros past its end, which this catches.
 CODER_STATE_WORDS = 2
-_DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 CodeStep = Callable[[int, np.ndarray], np.ndarray]  # (position, probabilities (B, K)) -> symbols (B,) int32
 CodeChoice = Callable[[int, np.ndarray], np.ndarray]  # the same signature: which code each image gets there
@@ -159,7 +158,7 @@ class VQCodec:
     coding order (entropy-constrained VQ; 0: the VQ-VAE's own choice, `VectorQuantizer.assign`). Larger values
     give smaller files and lower quality from the same models; decoding does not depend on it. precision: the
     prior's weights and the nets' autocast, bf16 or fp32 (a coder setting: a file decodes only with the one that
-    wrote it); auto: bf16 on a CPU with bf16 instructions, fp32 on others, where bf16 is emulated (~7x slower).
+    wrote it); auto: bf16 on a CPU with bf16 instructions, fp32 on others, where bf16 is emulated (7-15x slower).
     """
 
     def __init__(self, model: GenerativeModel, *, batch: int = 1024, threads: int | None = None,
@@ -172,10 +171,10 @@ class VQCodec:
         self.rate_weight = float(rate_weight)
         self.model = model.cpu().eval()
         self.vq = copy.deepcopy(model.parent).eval().to(memory_format=torch.channels_last)  # its nets, see encoder_vectors
-        if precision not in ("auto", *_DTYPES):
+        if precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"precision={precision!r}: one of auto, bf16, fp32")
         self.precision = resolve_precision(precision, torch.device("cpu"), setting="precision")
-        self.prior = copy.deepcopy(self.model.prior).to(_DTYPES[self.precision])  # what both directions evaluate
+        self.prior = copy.deepcopy(self.model.prior).to(DTYPES[self.precision])  # what both directions evaluate
         self.image_shape = tuple(self.vq.config.image_shape)  # (C, H, W) the VQ-VAE works on
         self.grid = tuple(model.config.codes.shape)
         self.num_positions = self.grid[0] * self.grid[1]
