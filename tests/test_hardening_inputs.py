@@ -116,6 +116,23 @@ def test_a_npy_header_with_negative_dimensions_is_one_data_error(tmp_path):
         load_image_data(vaekit.config.DataConfig(name="images", path=str(path)))
 
 
+@pytest.mark.parametrize("shape", ["(0, 18446744073709551616)", "(0, 4611686018427387904, 4611686018427387904)",
+                                   "(" + "0, " * 70 + ")"])
+def test_an_empty_npy_whose_shape_numpy_cannot_hold_is_one_data_error(tmp_path, shape):
+    """No values (a zero dimension), so the header's size matches the file; numpy then refused the shape itself."""
+    path = tmp_path / "images.npy"
+    path.write_bytes(_npy(f"{{'descr': '|u1', 'fortran_order': False, 'shape': {shape}, }}", b""))
+    with pytest.raises(DataError, match="not a .npy file .*beyond what numpy can hold"):
+        open_npy(path)
+    with pytest.raises(DataError, match="beyond what numpy can hold"):
+        load_image_data(vaekit.config.DataConfig(name="images", path=str(path)))
+    archive_path = tmp_path / "points.npz"
+    with zipfile.ZipFile(archive_path, "w") as archive:
+        archive.writestr("points.npy", path.read_bytes())
+    with pytest.raises(DataError, match="points.npz: member points.npy is not a readable array .*beyond what numpy"):
+        read_cloud(archive_path, 32, 0)
+
+
 def test_a_npy_header_numpys_python2_fallback_cannot_tokenize_is_one_data_error(tmp_path):
     path = tmp_path / "images.npy"
     path.write_bytes(_npy("{'descr': '<i2', 'fortran_order': False, 'shape': (2, 1, ", bytes(4)))

@@ -181,6 +181,10 @@ def read_npy_header(file: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype, in
         raise ValueError(f"cannot parse the header ({type(error).__name__}: {error})") from None
     if any(size < 0 for size in shape):  # numpy's header reader lets them through; (-2, -3) would pass a size check
         raise ValueError(f"shape {shape} has a negative dimension")
+    try:  # numpy's own limits on a shape (rank, dimension, size) without allocating: (0, 2**64) holds 0 bytes
+        np.broadcast_to(np.empty((), dtype), shape)
+    except ValueError as error:
+        raise ValueError(f"shape {shape} is beyond what numpy can hold ({error})") from None
     return shape, fortran_order, dtype, file.tell()
 
 
