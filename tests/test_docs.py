@@ -112,6 +112,7 @@ def test_rate_distortion_plot_is_written_and_checks_its_input(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # the tutorial's own limit below, not the suite's 600 s: a slow CPU takes ~10 minutes
 @pytest.mark.parametrize("tutorial", ["vae.py", "wae.py", "point_clouds.py", "hierarchical_vae.py", "vq_vae.py",
                                       "bits_back.py"])
 def test_tutorial_runs_end_to_end(tutorial, tmp_path):
