@@ -133,6 +133,16 @@ def test_an_empty_npy_whose_shape_numpy_cannot_hold_is_one_data_error(tmp_path, 
         read_cloud(archive_path, 32, 0)
 
 
+def test_a_npy_header_with_a_bool_dimension_is_one_data_error(tmp_path):
+    """numpy's header reader takes (True, 8, 8) as a shape (np.load then refuses it); so did vaekit's memory map."""
+    path = tmp_path / "images.npy"
+    path.write_bytes(_npy("{'descr': '|u1', 'fortran_order': False, 'shape': (True, 8, 8), }", bytes(64)))
+    with pytest.raises(DataError, match="not a .npy file .*a dimension that is not an integer"):
+        open_npy(path)
+    with pytest.raises(DataError, match="a dimension that is not an integer"):
+        load_image_data(vaekit.config.DataConfig(name="images", path=str(path)))
+
+
 def test_a_npy_header_numpys_python2_fallback_cannot_tokenize_is_one_data_error(tmp_path):
     path = tmp_path / "images.npy"
     path.write_bytes(_npy("{'descr': '<i2', 'fortran_order': False, 'shape': (2, 1, ", bytes(4)))

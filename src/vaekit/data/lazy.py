@@ -179,10 +179,12 @@ def read_npy_header(file: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype, in
         shape, fortran_order, dtype = NPY_HEADER_READERS[version](file)
     except (SyntaxError, TokenError, RecursionError) as error:  # from numpy's fallback parser of Python 2 headers
         raise ValueError(f"cannot parse the header ({type(error).__name__}: {error})") from None
+    if any(isinstance(size, bool) for size in shape):  # numpy's header reader lets them through, np.load does not
+        raise ValueError(f"shape {shape} has a dimension that is not an integer")
     if any(size < 0 for size in shape):  # numpy's header reader lets them through; (-2, -3) would pass a size check
         raise ValueError(f"shape {shape} has a negative dimension")
-    try:  # numpy's own limits on a shape (rank, dimension, size) without allocating: (0, 2**64) holds 0 bytes
-        np.broadcast_to(np.empty((), dtype), shape)
+    try:  # numpy's own limits on a shape (rank, dimension, bytes) without allocating: (0, 2**64) holds 0 bytes
+        np.broadcast_to(np.empty((), np.dtype((np.void, dtype.itemsize))), shape)  # void: a subarray dtype adds axes
     except ValueError as error:
         raise ValueError(f"shape {shape} is beyond what numpy can hold ({error})") from None
     return shape, fortran_order, dtype, file.tell()
