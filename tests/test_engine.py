@@ -134,6 +134,14 @@ def test_unknown_config_key_lists_the_valid_keys(tmp_path):
         tiny_config(tmp_path, "model.name=vea")
 
 
+@pytest.mark.parametrize(("override", "section", "valid"), [("train={'0.': null}", "train", "steps"),
+                                                            ("model={'name': 'vae', 'a.b': 1}", "model", "latent_dim")])
+def test_an_unknown_key_holding_a_dot_lists_its_sections_keys(tmp_path, override, section, valid):
+    """The section was cut from the joined location at its last dot: 'train.0.' gave 'train.0', a KeyError."""
+    with pytest.raises(ConfigError, match=rf"unknown key '{section}\..*'; valid keys of {section}: .*{valid}"):
+        vaekit.load_config(None, [override])
+
+
 def test_model_shape_must_match_the_data(tmp_path):
     with pytest.raises(ConfigError, match=r"\(1, 28, 28\).*\(1, 8, 8\)"):
         vaekit.train(tiny_config(tmp_path, "model.image_shape=[1,28,28]"), quiet=True)

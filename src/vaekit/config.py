@@ -300,18 +300,19 @@ def _explain(error: ValidationError, raw: dict[str, Any], source: str) -> str:
         if len(loc) > 1 and loc[0] == "data" and loc[1] in _DATA_NAMES:
             del loc[1]  # the tag pydantic adds for the data union
         location = ".".join(loc)
-        if item["type"] == "extra_forbidden":
-            section = location.rpartition(".")[0]
+        if item["type"] == "extra_forbidden":  # the section from loc: a key may itself hold a dot ("0.")
+            section = ".".join(loc[:-1])
             lines.append(f"  unknown key {location!r}; valid keys of {section or 'the top level'}: "
-                         f"{', '.join(_valid_keys(section, raw))}")
+                         f"{', '.join(_valid_keys(loc[:-1], raw))}")
         else:
             lines.append(f"  {location}: {item['msg']}")
     return "\n".join(lines)
 
 
-def _valid_keys(section: str, raw: dict[str, Any]) -> list[str]:
+def _valid_keys(section: list[str], raw: dict[str, Any]) -> list[str]:
+    """The keys of the config section at `section` (its path of field names from the top level)."""
     model_class: type[BaseModel] = RunConfig
-    for part in [p for p in section.split(".") if p]:
+    for part in section:
         if part == "data" and model_class is RunConfig:
             name = raw.get("data", {}).get("name", "digits") if isinstance(raw.get("data"), dict) else "digits"
             model_class = PointCloudDataConfig if name in _DATA_NAMES[3:] else DataConfig
