@@ -171,7 +171,7 @@ class LazyImages:
 
 def read_npy_header(file: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     """(shape, fortran_order, dtype, data offset) of the .npy stream `file`, without reading its data;
-    ValueError (numpy's words) when it is not a .npy header of format 1.0 or 2.0."""
+    ValueError (numpy's words) when it is not a .npy header of format 1.0 or 2.0 declaring a shape numpy can hold."""
     version = np.lib.format.read_magic(file)
     if version not in NPY_HEADER_READERS:
         raise ValueError(f"format version {version[0]}.{version[1]} is not supported, only 1.0 and 2.0")
@@ -179,9 +179,10 @@ def read_npy_header(file: BinaryIO) -> tuple[tuple[int, ...], bool, np.dtype, in
         shape, fortran_order, dtype = NPY_HEADER_READERS[version](file)
     except (SyntaxError, TokenError, RecursionError) as error:  # from numpy's fallback parser of Python 2 headers
         raise ValueError(f"cannot parse the header ({type(error).__name__}: {error})") from None
-    if any(isinstance(size, bool) for size in shape):  # numpy's header reader lets them through, np.load does not
+    # numpy's header reader lets these through: (True, 8, 8), which np.load refuses; (-2, -3), past a size check
+    if any(isinstance(size, bool) for size in shape):
         raise ValueError(f"shape {shape} has a dimension that is not an integer")
-    if any(size < 0 for size in shape):  # numpy's header reader lets them through; (-2, -3) would pass a size check
+    if any(size < 0 for size in shape):
         raise ValueError(f"shape {shape} has a negative dimension")
     try:  # numpy's own limits on a shape (rank, dimension, bytes) without allocating: (0, 2**64) holds 0 bytes
         np.broadcast_to(np.empty((), np.dtype((np.void, dtype.itemsize))), shape)  # void: a subarray dtype adds axes
