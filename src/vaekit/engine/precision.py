@@ -43,7 +43,7 @@ def resolve_precision(precision: Precision | Literal["auto"], device: torch.devi
         raise ConfigError(f"{setting}=fp16 needs a GPU; use bf16 on the CPU")
     if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
         warnings.warn(f"{setting}=bf16 on a CPU without bfloat16 instructions: PyTorch emulates them, many "
-                      f"times slower than fp32 (8-19x per training step measured); {setting}=auto picks fp32 on such a CPU",
+                      f"times slower than fp32 (8-22x per training step measured); {setting}=auto picks fp32 on such a CPU",
                       UserWarning, stacklevel=2)
     return precision
 
